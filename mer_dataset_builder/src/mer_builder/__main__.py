@@ -1,0 +1,3 @@
+from mer_builder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The typed schema of an experiment config (DESIGN.md, Contract 2).
+
+One dataclass per section. `mer.config` loads YAML, resolves `base:` inheritance and `--set` overrides, and
+validates the merged dict against `ExperimentConfig`: an unknown key is an error naming the key and the nearest
+valid one; a value of the wrong type is an error naming key, value and expected type.
+
+Field types are what the validator checks: `int`, `float` (an int is accepted), `bool`, `str`,
+`X | None`, `list[X]`, `dict[str, X]`, `Literal[...]`, nested dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+EMOTIONS_7 = ["anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral"]
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_root: str = "runs"
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True
+
+
+@dataclass
+class ViewConfig:
+    """A set of row filters over the manifest fields carried by every store row. None = no filter."""
+
+    split: str | list[str] | None = None
+    dataset: str | list[str] | None = None
+    domain: str | list[str] | None = None
+    exclude_dataset: str | list[str] | None = None
+    speaker_regex: str | None = None
+
+
+@dataclass
+class TaskConfig:
+    """The label space of the experiment: a label list and a mapping from `label` or `source_label`.
+
+    A row whose (mapped) value is not in `labels` is left out and counted.
+    """
+
+    labels: list[str] = field(default_factory=lambda: list(EMOTIONS_7))
+    source_field: Literal["label", "source_label"] = "label"
+    mapping: dict[str, str] = field(default_factory=dict)
+
+
+def _default_views() -> dict[str, ViewConfig]:
+    return {
+        "train": ViewConfig(split="train"),
+        "val": ViewConfig(split="val"),
+        "test": ViewConfig(split="test"),
+    }
+
+
+@dataclass
+class DataConfig:
+    store: str = ""  # feature store folder, or the memmap folder built from it
+    manifest: str | None = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+    views: dict[str, ViewConfig] = field(default_factory=_default_views)
+    train_view: str = "train"
+    val_view: str = "val"
+    eval_views: list[str] = field(default_factory=lambda: ["test"])
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+
+@dataclass
+class FusionConfig:
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    ffn_mult: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "flexible_at"  # a name in mer.models.registry
+    mode: Literal["A", "T", "AT"] = "AT"
+    hidden_dim: int = 256
+    dropout: float = 0.2
+    ffn_mult: float = 2.0  # SwiGLU hidden = hidden_dim * ffn_mult
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    audio_dim: int | None = None  # filled from the store; a value given here must match it
+    text_dim: int | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["plateau", "cosine", "none"] = "plateau"
+    metric: str = "macro_f1"  # plateau: the validation metric it watches
+    mode: Literal["max", "min"] = "max"
+    factor: float = 0.5
+    patience: int = 2
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0  # cosine: linear warmup length in epochs (fractions allowed)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int | None = 5  # None = never stop early
+    min_delta: float = 0.0
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False
+    decay: float = 0.999
+
+
+@dataclass
+class ClassWeightsConfig:
+    mode: Literal["none", "balanced"] = "none"
+    clip: float | None = None  # upper bound on a class weight
+
+
+@dataclass
+class SamplerConfig:
+    class_balanced: bool = False
+    dataset_factors: dict[str, float] = field(default_factory=dict)  # e.g. {MELD: 3.0}
+
+
+@dataclass
+class AugmentConfig:
+    feature_noise: float = 0.0  # std of Gaussian noise added to features in training
+    modality_dropout: float = 0.0  # probability of dropping one modality of a sample (never both)
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    lr_overrides: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, off on CPU
+    best_metric: str = "macro_f1"
+    best_mode: Literal["max", "min"] = "max"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    class_weights: ClassWeightsConfig = field(default_factory=ClassWeightsConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    init_from: str | None = None  # a checkpoint whose model weights initialise this run
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: Literal["best", "last"] = "best"
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
