@@ -1,0 +1,24 @@
+"""User-facing errors: one line, naming the file, row or key, exit code 2 (DESIGN.md, Conventions)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, path, data). Printed as one line; the process exits with 2."""
+
+    exit_code = 2
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run an entry point; a UserError becomes `error: <message>` on stderr and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
