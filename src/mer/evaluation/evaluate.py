@@ -1,0 +1,31 @@
+"""Evaluate a trained model on a dataset view and write the Contract-2 `eval_<view>/` folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, Dataset, SequentialSampler
+
+from mer.evaluation.reports import write_eval_outputs
+from mer.runtime import Precision
+from mer.training.loop import make_loader, predict
+
+
+def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name: str, view_name: str,
+                  checkpoint: str, device: torch.device, precision: Precision, batch_size: int,
+                  collate_fn=None, num_workers: int = 0, batch_sampler: Iterable[list[int]] | None = None,
+                  progress: bool = True, extra: dict | None = None) -> dict:
+    """Predict every row of `dataset` and write metrics_eval.json, confusion matrix CSV/PNG and predictions.csv."""
+    if batch_sampler is None:
+        batch_sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
+    loader = make_loader(dataset, batch_sampler, collate_fn, num_workers)
+    idx, y_true, probs, loss = predict(model.to(device), loader, device, precision, progress=progress,
+                                       desc=f"eval {view_name}")
+    ids = [dataset.ids[i] for i in idx]
+    info = {"loss": loss, "rows_outside_task": dict(getattr(dataset, "dropped", {}) or {})}
+    return write_eval_outputs(out_dir, ids=ids, y_true=y_true, probs=probs, labels=list(dataset.labels),
+                              run_name=run_name, view_name=view_name, checkpoint=checkpoint,
+                              extra={**info, **(extra or {})})

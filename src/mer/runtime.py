@@ -1,0 +1,95 @@
+"""Device choice, seeding and mixed precision: the run-time settings every entry point shares."""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mer.errors import UserError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA when present, else CPU. An explicit CUDA device that is not there is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"config key 'run.device': unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"config key 'run.device': {name!r} asked for but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; with `deterministic`, ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Resolved mixed-precision setting: autocast dtype (None = full fp32) and whether a grad scaler is needed."""
+
+    dtype: torch.dtype | None
+    use_scaler: bool
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """`auto`: bf16 on CUDA when supported, else fp16 with a scaler; off on CPU. `bf16`/`fp16` force it."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return Precision(None, False)
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "bf16":
+        return Precision(torch.bfloat16, False)
+    if device.type != "cuda":
+        raise UserError("config key 'train.amp': fp16 needs a CUDA device (use bf16 or off on CPU)")
+    return Precision(torch.float16, True)
+
+
+def rng_state() -> dict:
+    """Every global RNG state, as plain tensors and primitives (loadable with torch.load(weights_only=True))."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value

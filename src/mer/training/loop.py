@@ -1,0 +1,297 @@
+"""The one training loop, shared by the feature models (train.py) and the end-to-end models (train_hf_e2e.py).
+
+A model takes a batch dict and returns logits; a dataset exposes `label_ids` (int64 per row) and `meta` (row
+dicts with at least `dataset`) and yields batch dicts with a `label` tensor. Everything else — optimiser, schedule,
+precision, accumulation, clipping, EMA, early stopping, sampling, augmentation, checkpoints, per-epoch CSVs and
+exact resume — lives here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from tqdm.auto import tqdm
+
+from mer.errors import UserError
+from mer.runtime import Precision, rng_state, set_rng_state
+from mer.schema import TrainConfig
+from mer.training.augmentation import augment_batch
+from mer.training.checkpoint import load_checkpoint, save_checkpoint
+from mer.training.early_stopping import EarlyStopping
+from mer.training.ema import make_ema
+from mer.training.history import append_csv_row, truncate_csv
+from mer.training.losses import build_loss, class_weights
+from mer.training.samplers import build_sampler
+from mer.training.schedulers import build_scheduler
+
+MetricsFn = Callable[[np.ndarray, np.ndarray], dict]
+BatchSamplerFn = Callable[[Dataset, Sampler, int], Iterable[list[int]]]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def move_to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_overrides: dict[str, float]) -> list[dict]:
+    """AdamW groups: no weight decay for biases, norms and embeddings (tensors of < 2 dims); per-prefix learning
+    rates from `lr_overrides` (the longest matching parameter-name prefix wins)."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    prefixes = sorted(lr_overrides, key=len, reverse=True)
+    used = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group_lr = lr
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                group_lr = lr_overrides[prefix]
+                used.add(prefix)
+                break
+        decay = param.ndim >= 2 and "embed" not in name.lower()
+        groups.setdefault((group_lr, decay), []).append(param)
+    unused = [p for p in lr_overrides if p not in used]
+    if unused:
+        raise UserError(f"config key 'train.lr_overrides.{unused[0]}': no trainable parameter name starts with it")
+    if not groups:
+        raise UserError("the model has no trainable parameters")
+    return [{"params": ps, "lr": g_lr, "weight_decay": weight_decay if decay else 0.0}
+            for (g_lr, decay), ps in groups.items()]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable[dict], device: torch.device, precision: Precision,
+            progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Run `model` over `loader` in eval mode: (dataset positions, labels, softmax probabilities, mean CE loss)."""
+    model.eval()
+    idx, labels, probs, loss_sum, n = [], [], [], 0.0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        batch = move_to_device(batch, device)
+        with precision.autocast(device):
+            logits = model(batch)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
+        n += logits.shape[0]
+        idx.append(batch["index"].cpu())
+        labels.append(batch["label"].cpu())
+        probs.append(torch.softmax(logits, dim=-1).cpu())
+    if n == 0:
+        raise UserError("cannot evaluate an empty view")
+    return (torch.cat(idx).numpy(), torch.cat(labels).numpy(), torch.cat(probs).numpy(), loss_sum / n)
+
+
+def default_batch_sampler(dataset: Dataset, sampler: Sampler, batch_size: int) -> Iterable[list[int]]:
+    return BatchSampler(sampler, batch_size, drop_last=False)
+
+
+def make_loader(dataset: Dataset, batch_sampler: Iterable[list[int]], collate_fn, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      persistent_workers=False, pin_memory=False)
+
+
+class Trainer:
+    """Trains `model` on `train_set`, validates on `val_set` every epoch, writes checkpoints and metric CSVs."""
+
+    def __init__(self, model: nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, *,
+                 run_dir: Path, labels: list[str], mode: str, device: torch.device, precision: Precision,
+                 metrics_fn: MetricsFn, batch_size: int, eval_batch_size: int, collate_fn=None,
+                 num_workers: int = 0, seed: int = 0, checkpoint_extra: dict | None = None,
+                 batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
+                 eval_batch_sampler_fn: BatchSamplerFn = default_batch_sampler):
+        self.model = model.to(device)
+        self.train_set, self.val_set, self.cfg = train_set, val_set, cfg
+        self.run_dir, self.labels, self.mode = Path(run_dir), list(labels), mode
+        self.device, self.precision, self.metrics_fn = device, precision, metrics_fn
+        self.batch_size, self.collate_fn, self.num_workers = batch_size, collate_fn, num_workers
+        self.checkpoint_extra = checkpoint_extra or {}
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.batch_sampler_fn = batch_sampler_fn
+
+        n_classes = len(labels)
+        train_labels = np.asarray(train_set.label_ids, dtype=np.int64)
+        weight = class_weights(train_labels, n_classes, cfg.class_weights)
+        self.criterion = build_loss(cfg.loss, weight.to(device) if weight is not None else None)
+
+        self.sample_gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator().manual_seed(seed + 1)
+        datasets = [row["dataset"] for row in train_set.meta]
+        self.sampler = build_sampler(train_labels, datasets, cfg.sampler, self.sample_gen)
+        self.steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / cfg.grad_accum)
+
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_overrides),
+                                           lr=cfg.lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, cfg.epochs, cfg.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+        self.ema = make_ema(self.model, cfg.ema.decay) if cfg.ema.enabled else None
+        self.early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta, cfg.best_mode)
+        self.start_epoch = 1
+
+        val_sampler = eval_batch_sampler_fn(val_set, SequentialSampler(range(len(val_set))), eval_batch_size)
+        self.val_loader = make_loader(val_set, val_sampler, collate_fn, num_workers)
+
+    # ---------------------------------------------------------------- state
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _last_state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "early_stopping": self.early.state_dict(),
+            "rng": rng_state(),
+            "sample_gen": self.sample_gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
+            "labels": self.labels,
+            **self.checkpoint_extra,
+        }
+
+    def resume(self) -> None:
+        """Restore everything from `checkpoints/last.pt`; training continues with the next epoch."""
+        state = load_checkpoint(self.ckpt_dir / "last.pt")
+        if list(state.get("labels", [])) != self.labels:
+            raise UserError(f"cannot resume: {self.ckpt_dir / 'last.pt'} was trained on labels {state.get('labels')}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.sample_gen.set_state(state["sample_gen"])
+        self.aug_gen.set_state(state["aug_gen"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"]) + 1
+        for name in ("metrics_train.csv", "metrics_val.csv"):
+            truncate_csv(self.run_dir / name, int(state["epoch"]))
+
+    # ---------------------------------------------------------------- epochs
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        batches = self.batch_sampler_fn(self.train_set, self.sampler, self.batch_size)
+        loader = make_loader(self.train_set, batches, self.collate_fn, self.num_workers)
+        n_batches = len(loader)
+        loss_sum, n_seen, y_true, y_pred = 0.0, 0, [], []
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+        for step, batch in enumerate(bar, start=1):
+            batch = augment_batch(batch, cfg.augment, self.mode, self.aug_gen)
+            batch = move_to_device(batch, self.device)
+            with self.precision.autocast(self.device):
+                logits = self.model(batch)
+            loss = self.criterion(logits.float(), batch["label"])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; stopped. The last good "
+                    f"checkpoint is {self.ckpt_dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            if step % cfg.grad_accum == 0 or step == n_batches:
+                self._optimizer_step()
+            bs = batch["label"].shape[0]
+            loss_sum += loss.item() * bs
+            n_seen += bs
+            y_true.append(batch["label"].detach().cpu())
+            y_pred.append(logits.detach().argmax(-1).cpu())
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+        metrics = self.metrics_fn(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy())
+        return {"epoch": epoch, "loss": loss_sum / max(1, n_seen), **_scalars(metrics),
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        if self.scheduler is not None and self.cfg.scheduler.name == "cosine":
+            self.scheduler.step()
+
+    def _validate(self, epoch: int) -> dict:
+        _, y_true, probs, loss = predict(self._eval_model(), self.val_loader, self.device, self.precision)
+        metrics = self.metrics_fn(y_true, probs.argmax(-1))
+        return {"epoch": epoch, "loss": loss, **_scalars(metrics)}
+
+    def fit(self) -> FitResult:
+        cfg = self.cfg
+        history: list[dict] = []
+        stopped = False
+        epoch = self.start_epoch - 1
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train_row = self._train_epoch(epoch)
+            val_row = self._validate(epoch)
+            train_row["time_s"] = round(time.perf_counter() - t0, 3)
+            if cfg.best_metric not in val_row:
+                raise UserError(f"config key 'train.best_metric': {cfg.best_metric!r} is not a validation metric "
+                                f"(choose from {', '.join(k for k in val_row if k != 'epoch')})")
+            value = float(val_row[cfg.best_metric])
+            if self.scheduler is not None and cfg.scheduler.name == "plateau":
+                if cfg.scheduler.metric not in val_row:
+                    raise UserError(f"config key 'train.scheduler.metric': {cfg.scheduler.metric!r} is not a "
+                                    f"validation metric")
+                self.scheduler.step(float(val_row[cfg.scheduler.metric]))
+            is_best = self.early.update(value, epoch)
+            if is_best:
+                save_checkpoint({"epoch": epoch, "model": self._eval_model().state_dict(), "labels": self.labels,
+                                 "val_metrics": val_row, **self.checkpoint_extra}, self.ckpt_dir / "best.pt")
+            append_csv_row(self.run_dir / "metrics_train.csv", train_row)
+            append_csv_row(self.run_dir / "metrics_val.csv", val_row)
+            save_checkpoint(self._last_state(epoch), self.ckpt_dir / "last.pt")
+            history.append({"train": train_row, "val": val_row})
+            mark = " *" if is_best else ""
+            print(f"epoch {epoch:3d}  train loss {train_row['loss']:.4f}  val loss {val_row['loss']:.4f}  "
+                  f"val {cfg.best_metric} {value:.4f}{mark}  ({train_row['time_s']:.1f}s)", flush=True)
+            if self.early.should_stop:
+                stopped = True
+                print(f"early stop: no {cfg.best_metric} improvement for {self.early.bad_epochs} epochs")
+                break
+        return FitResult(self.early.best_epoch, self.early.best, epoch, stopped, history)
+
+
+def init_from_checkpoint(model: nn.Module, path: str) -> tuple[int, int]:
+    """Load the model weights of another run's checkpoint (`train.init_from`): (loaded, skipped) tensor counts.
+
+    Tensors whose name and shape match are loaded; the rest keep their initialisation. No match at all is an error.
+    """
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise UserError(f"config key 'train.init_from': no weight of {path} matches this model")
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own) - len(matched)
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k != "n"}
