@@ -8,6 +8,7 @@ from pathlib import Path
 from mer.cli.common import eval_model_from_checkpoint, load_run_config, open_feature_view, print_eval_table
 from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
+from mer.data.feature_dataset import collate_batch
 from mer.features.memmap import open_store
 from mer.runtime import resolve_precision, select_device
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = evaluate_view(
             model, dataset, out_dir=run_dir / f"eval_{name}", run_name=run_dir.name, view_name=name,
             checkpoint=args.checkpoint, device=device, precision=precision,
-            batch_size=args.batch_size or cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+            batch_size=args.batch_size or cfg.data.eval_batch_size, collate_fn=collate_batch,
+            num_workers=cfg.data.num_workers)
     print_eval_table(results)
     for name in results:
         print(f"wrote {run_dir / f'eval_{name}'}")

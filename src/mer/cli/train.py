@@ -22,6 +22,7 @@ from mer.config import (
 from mer.evaluation.evaluate import evaluate_view
 from mer.evaluation.metrics import compute_metrics
 from mer.evaluation.reports import plot_curves
+from mer.data.feature_dataset import collate_batch
 from mer.features.memmap import open_store
 from mer.runtime import resolve_precision, seed_everything, select_device
 from mer.training.loop import Trainer, init_from_checkpoint
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                       mode=cfg.model.mode, device=device, precision=precision,
                       metrics_fn=lambda yt, yp: compute_metrics(yt, yp, train_set.labels),
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-                      num_workers=cfg.data.num_workers, seed=cfg.run.seed,
+                      collate_fn=collate_batch, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
                       checkpoint_extra={**extra, "config": to_dict(cfg)})
     if args.resume:
         trainer.resume()
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = evaluate_view(
             eval_model, dataset, out_dir=run_dir / f"eval_{name}", run_name=run_dir.name, view_name=name,
             checkpoint=cfg.eval.checkpoint, device=device, precision=precision,
-            batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers, progress=cfg.train.progress)
+            batch_size=cfg.data.eval_batch_size, collate_fn=collate_batch, num_workers=cfg.data.num_workers,
+            progress=cfg.train.progress)
     print(f"\nbest {cfg.train.best_metric} {result.best_value:.4f} at epoch {result.best_epoch} "
           f"({result.epochs_run} epochs{', stopped early' if result.stopped_early else ''}, "
           f"{time.perf_counter() - t0:.1f}s)")

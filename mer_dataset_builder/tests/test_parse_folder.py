@@ -1,0 +1,76 @@
+"""A user's folder-per-label corpus: split folders kept, label map, transcripts, speaker regex."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mer_builder.prepare import parse_folder
+from mer_builder.prepare.records import RawItem
+from raw_fixtures import assert_matches, make_folder, run_parser
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_fixture_corpus_parsed_as_written(tmp_path: Path, layout: str) -> None:
+    corpus = make_folder(tmp_path / "mine", layout=layout)
+    items, report = run_parser(parse_folder.parse, corpus.root, **corpus.options)
+    assert_matches(corpus, items, report)
+    assert {"path": str(corpus.root / corpus.skipped[0][0]),
+            "reason": "unknown label folder 'weird' (not one of the 7 classes and not in label_map)"} in report.skipped
+
+
+def test_row_exact(tmp_path: Path) -> None:
+    corpus = make_folder(tmp_path / "mine")
+    items, _ = run_parser(parse_folder.parse, corpus.root, **corpus.options)
+    by_id = {it.id: it for it in items}
+    assert by_id["MyCorpus/train/happy/spk1_002"] == RawItem(
+        id="MyCorpus/train/happy/spk1_002",
+        dataset="MyCorpus",
+        source_path=corpus.root / "train" / "happy" / "spk1_002.wav",
+        label="joy",
+        source_label="happy",
+        speaker="MyCorpus/spk1",
+        text="Great, thanks",
+        gender=None,
+        domain="acted",
+        language="en",
+        split="train",
+        notes=["happy->joy (label_map)"],
+    )
+    assert by_id["MyCorpus/train/Neutral/spk2_001"].label == "neutral"
+    assert by_id["MyCorpus/test/anger/spk4_001"].notes == [
+        "no transcript: test/anger/spk4_001.wav not in transcripts.csv"]
+
+
+def test_speaker_regex_and_transcripts_option(tmp_path: Path) -> None:
+    corpus = make_folder(tmp_path / "mine", layout="flat")
+    (corpus.root / "anger" / "solo.wav").write_bytes((corpus.root / "anger" / "spk1_001.wav").read_bytes())
+    elsewhere = tmp_path / "texts.csv"
+    elsewhere.write_text('path,text\n./anger/spk1_001.wav,"Hello, there"\n')
+    opts = dict(corpus.options, transcripts=elsewhere)
+    items, report = run_parser(parse_folder.parse, corpus.root, speaker_regex=r"^(?P<speaker>spk\d)", **opts)
+    by_name = {it.source_path.name: it for it in items}
+    assert by_name["spk1_001.wav"].speaker == "MyCorpus/spk1"
+    assert by_name["spk1_001.wav"].text == "Hello, there"
+    assert by_name["solo.wav"].speaker == "MyCorpus/unknown"
+    assert by_name["solo.wav"].notes == ["speaker_regex did not match: speaker from the file name prefix",
+                                         "no transcript: anger/solo.wav not in transcripts.csv"]
+    assert report.warnings == ["speaker_regex matched no speaker in 1 file name(s)"]
+    items, _ = run_parser(parse_folder.parse, corpus.root, speaker_regex=r"spk(\d)_", **corpus.options)
+    assert {it.speaker for it in items if it.source_path.name != "solo.wav"} == {
+        "MyCorpus/1", "MyCorpus/2", "MyCorpus/3", "MyCorpus/4"}
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
+    corpus = make_folder(tmp_path / "mine")
+    with pytest.raises(ValueError, match=r"label_map 'happy': 'glad' is not a label \(expected drop or one of anger"):
+        run_parser(parse_folder.parse, corpus.root, label_map={"happy": "glad"})
+    with pytest.raises(ValueError, match=r"speaker_regex 'spk\(' is not a regular expression"):
+        run_parser(parse_folder.parse, corpus.root, speaker_regex="spk(")
+    with pytest.raises(ValueError, match=r"needs a named group"):
+        run_parser(parse_folder.parse, corpus.root, speaker_regex=r"spk\d")
+    with pytest.raises(ValueError, match=r"corpus name 'a/b'"):
+        run_parser(parse_folder.parse, corpus.root, name="a/b")
+    (tmp_path / "t.csv").write_text("file,transcript\n")
+    with pytest.raises(ValueError, match=r"t.csv: expected the header path,text"):
+        run_parser(parse_folder.parse, corpus.root, transcripts=tmp_path / "t.csv")

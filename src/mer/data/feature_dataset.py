@@ -1,0 +1,145 @@
+"""A torch dataset over a feature store (or its memmap form): one view, one task.
+
+Batches are read with one fancy-index read per modality (`__getitems__`), never row by row::
+
+    ds = FeatureDataset("features/memmap", views["train"], task, view_name="train")
+    loader = DataLoader(ds, batch_size=64, shuffle=True, collate_fn=collate_batch)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from mer.errors import UserError
+from mer.features.memmap import MemmapStore, open_store
+from mer.features.store import FeatureStoreReader
+from mer.schema import TaskConfig, ViewConfig
+
+from .views import describe_view, select_rows
+
+MISSING = "<missing>"  # the `.dropped` key of rows that have no value in the task's source field
+FeatureSource = MemmapStore | FeatureStoreReader
+
+
+def collate_batch(batch: Any) -> Any:
+    """DataLoader collate_fn: an already-collated batch dict passes through; a list of items is collated."""
+    if isinstance(batch, dict):
+        return batch
+    return default_collate(batch)
+
+
+class FeatureDataset(Dataset):
+    """The rows of `store` selected by `view` whose label falls in `task`, with integer labels."""
+
+    def __init__(
+        self,
+        store: str | Path | FeatureSource,
+        view: ViewConfig | None,
+        task: TaskConfig,
+        view_name: str = "",
+        preload: bool = False,
+    ) -> None:
+        self.store: FeatureSource = open_store(store) if isinstance(store, (str, Path)) else store
+        self.view = view
+        self.view_name = view_name
+        self.task = task
+        self.labels: list[str] = list(task.labels)
+        if len(set(self.labels)) != len(self.labels):
+            raise UserError(f"task labels must be unique, got {self.labels}")
+        label_to_id = {name: i for i, name in enumerate(self.labels)}
+        meta = self.store.meta
+        selected = select_rows(meta, view)
+        self.n_selected = int(selected.size)
+
+        keep: list[int] = []
+        label_ids: list[int] = []
+        dropped: Counter[str] = Counter()
+        field, mapping = task.source_field, task.mapping
+        for pos in selected:
+            value = meta[pos].get(field)
+            mapped = mapping.get(value, value) if isinstance(value, str) else value
+            lid = label_to_id.get(mapped) if isinstance(mapped, str) else None
+            if lid is None:
+                dropped[MISSING if value is None else str(value)] += 1
+                continue
+            keep.append(int(pos))
+            label_ids.append(lid)
+        # source value -> number of rows of the view left out because it is not (mapped to) a task label
+        self.dropped: dict[str, int] = dict(sorted(dropped.items()))
+        if not keep:
+            raise UserError(self._empty_message(meta))
+
+        self.store_indices = np.asarray(keep, dtype=np.int64)
+        self.label_ids = np.asarray(label_ids, dtype=np.int64)
+        self.meta: list[dict] = [meta[i] for i in keep]
+        self.ids: list[str] = [m["id"] for m in self.meta]
+        self.audio_dim = int(self.store.audio_dim)
+        self.text_dim = int(self.store.text_dim)
+        self._labels_t = torch.from_numpy(self.label_ids)
+        self._audio_mask = self.audio_dim > 0
+        self._text_mask = self.text_dim > 0
+        self._audio: np.ndarray | None = None
+        self._text: np.ndarray | None = None
+        if preload:
+            self._audio, self._text = self.store.get_rows(self.store_indices)
+
+    def _empty_message(self, meta: list[dict]) -> str:
+        name = f"view '{self.view_name}'" if self.view_name else "view"
+        where = f"{name} ({describe_view(self.view)}) of {getattr(self.store, 'path', 'the store')}"
+        if self.n_selected == 0:
+            hints = []
+            for f in ("split", "dataset", "domain"):
+                if self.view is not None and getattr(self.view, f) is not None:
+                    present = sorted({str(m.get(f)) for m in meta})
+                    hints.append(f"{f} values in the store: {', '.join(present[:20]) or 'none'}")
+            return f"{where} selects no rows" + (f" ({'; '.join(hints)})" if hints else "")
+        return (
+            f"{where} selects {self.n_selected} rows but none has a task label: {self.task.source_field} "
+            f"values {self.dropped} are not among the task labels {self.labels} (check task.mapping)"
+        )
+
+    def __len__(self) -> int:
+        return int(self.store_indices.size)
+
+    def class_counts(self) -> np.ndarray:
+        """Rows per task label (int64 [len(labels)])."""
+        return np.bincount(self.label_ids, minlength=len(self.labels)).astype(np.int64)
+
+    def _positions(self, indices: Any) -> np.ndarray:
+        pos = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        pos = np.where(pos < 0, pos + n, pos)
+        if pos.size and (pos.min() < 0 or pos.max() >= n):
+            raise IndexError(f"index out of range for a dataset of {n} rows")
+        return pos
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The collated batch of positions `indices`: one store read per batch."""
+        pos = self._positions(indices)
+        if self._audio is not None and self._text is not None:
+            audio, text = self._audio[pos], self._text[pos]
+        else:
+            audio, text = self.store.get_rows(self.store_indices[pos])
+        b = pos.size
+        pos_t = torch.from_numpy(pos)
+        return {
+            "audio": torch.from_numpy(audio),
+            "text": torch.from_numpy(text),
+            "label": self._labels_t[pos_t],
+            "index": pos_t,
+            "audio_mask": torch.full((b,), self._audio_mask, dtype=torch.bool),
+            "text_mask": torch.full((b,), self._text_mask, dtype=torch.bool),
+        }
+
+    def __getitem__(self, i: Any) -> dict[str, torch.Tensor]:
+        """One item (scalar label/index/masks); a list or array of positions gives a collated batch."""
+        if isinstance(i, (list, tuple, np.ndarray, torch.Tensor)) and np.ndim(i) > 0:
+            return self.__getitems__(list(np.asarray(i).reshape(-1)))
+        batch = self.__getitems__([int(i)])
+        return {k: v[0] for k, v in batch.items()}
