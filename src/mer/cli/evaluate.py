@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from mer.cli.common import eval_model_from_checkpoint, load_run_config, open_feature_view, print_eval_table
+from mer.data.feature_dataset import collate_batch
 from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
-from mer.data.feature_dataset import collate_batch
 from mer.features.memmap import open_store
 from mer.runtime import resolve_precision, select_device
 

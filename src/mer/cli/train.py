@@ -19,10 +19,10 @@ from mer.config import (
     to_dict,
     write_resolved,
 )
+from mer.data.feature_dataset import collate_batch
 from mer.evaluation.evaluate import evaluate_view
 from mer.evaluation.metrics import compute_metrics
 from mer.evaluation.reports import plot_curves
-from mer.data.feature_dataset import collate_batch
 from mer.features.memmap import open_store
 from mer.runtime import resolve_precision, seed_everything, select_device
 from mer.training.loop import Trainer, init_from_checkpoint
