@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from raw_fixtures import make_folder, make_meld, make_ravdess
+
 from mer_builder.cli import main
 from mer_builder.ffmpeg import ffmpeg_exe
 from mer_builder.prepare.validate import validate
-from raw_fixtures import make_folder, make_meld, make_ravdess
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SHORT_ID = "RAVDESS/Actor_02/03-01-08-01-02-02-02"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mer_builder.prepare.build_manifest import (
     FIELDS,
     ManifestStats,

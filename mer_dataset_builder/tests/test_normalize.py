@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+
 from mer_builder.ffmpeg import ffmpeg_exe
 from mer_builder.prepare.normalize_audio import (
     BAD_OUTPUT,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raw_fixtures import assert_matches, make_cremad, run_parser
+
 from mer_builder.prepare import parse_cremad
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import assert_matches, make_cremad, run_parser
 
 
 def test_fixture_corpus_parsed_as_written(tmp_path: Path) -> None:

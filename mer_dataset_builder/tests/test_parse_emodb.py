@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from raw_fixtures import assert_matches, make_emodb, run_parser
+
 from mer_builder.prepare import parse_emodb
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import assert_matches, make_emodb, run_parser
 
 REAL_EMODB = Path("/work/shared/data/emodb")
 

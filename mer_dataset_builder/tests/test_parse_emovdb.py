@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from raw_fixtures import assert_matches, make_emovdb, run_parser
+
 from mer_builder.prepare import parse_emovdb
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import assert_matches, make_emovdb, run_parser
 
 
 @pytest.mark.parametrize("layout", ["flat", "nested"])

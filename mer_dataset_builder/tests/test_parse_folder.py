@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from raw_fixtures import assert_matches, make_folder, run_parser
+
 from mer_builder.prepare import parse_folder
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import assert_matches, make_folder, run_parser
 
 
 @pytest.mark.parametrize("layout", ["split", "flat"])

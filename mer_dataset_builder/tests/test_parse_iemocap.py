@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from raw_fixtures import assert_matches, make_iemocap, run_parser
+
 from mer_builder.prepare import parse_iemocap
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import assert_matches, make_iemocap, run_parser
 
 S1 = "IEMOCAP/Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_"
 S2 = "IEMOCAP/Session2/sentences/wav/Ses02M_script01_1/Ses02M_script01_1_"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from raw_fixtures import MELD_HEADER, assert_matches, make_meld, run_parser
+
 from mer_builder.prepare import parse_meld
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import MELD_HEADER, assert_matches, make_meld, run_parser
 
 
 @pytest.mark.parametrize("nested", [True, False])

@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from raw_fixtures import assert_matches, make_ravdess, run_parser
+
 from mer_builder.prepare import parse_ravdess
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import RawItem
-from raw_fixtures import assert_matches, make_ravdess, run_parser
 
 
 def test_fixture_corpus_parsed_as_written(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from raw_fixtures import LFS_POINTER, make_emodb, tone_wav_bytes, write_header_only_wav
+
 from mer_builder.prepare import integrity, parse_folder
 from mer_builder.prepare.parsers import (
     DATASET_NAMES,
@@ -14,7 +16,6 @@ from mer_builder.prepare.parsers import (
     find_corpus_dirs,
     parse_corpus,
 )
-from raw_fixtures import LFS_POINTER, make_emodb, tone_wav_bytes, write_header_only_wav
 
 
 def test_registry_keys_and_names() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from mer_builder.prepare.policy import LabelPolicy
 
 

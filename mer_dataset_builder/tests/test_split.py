@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+
 from mer_builder.labels import EMOTIONS_7
 from mer_builder.prepare.records import RawItem
 from mer_builder.prepare.split_speakers import assign_splits, check_ratios

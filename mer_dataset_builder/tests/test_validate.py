@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from mer_builder.prepare.build_manifest import BuildError, audio_relpath, make_row, write_json, write_manifest
 from mer_builder.prepare.normalize_audio import normalize_one
 from mer_builder.prepare.records import RawItem
