@@ -69,6 +69,12 @@ def test_train_then_evaluate_writes_every_contract2_file(tmp_path, store):
     for name in ("best.pt", "last.pt"):
         torch.load(run / "checkpoints" / name, weights_only=True)  # no pickled code
 
+    at_train_time = json.loads((run / "eval_test" / "metrics_eval.json").read_text())
+    assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 0  # the same standardization
+    assert json.loads((run / "eval_test" / "metrics_eval.json").read_text()) == at_train_time
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert set(ckpt["feature_stats"]) == {"audio_mean", "audio_std", "text_mean", "text_std"}
+
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "testA", "--checkpoint", "last"]) == 0
     metrics = json.loads((run / "eval_testA" / "metrics_eval.json").read_text())
     preds = read_csv(run / "eval_testA" / "predictions.csv")
@@ -79,6 +85,26 @@ def test_train_then_evaluate_writes_every_contract2_file(tmp_path, store):
     present = sorted(set(y_true) | set(y_pred))
     assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=present, average="macro"))
     assert metrics["macro_f1"] > 0.5  # well above chance (1/7) on the learnable toy task
+
+
+def test_feature_standardization_uses_training_statistics(store):
+    from mer.data.feature_dataset import FeatureDataset
+    from mer.schema import TaskConfig, ViewConfig
+
+    train_set = FeatureDataset(store, ViewConfig(split="train"), TaskConfig())
+    val_set = FeatureDataset(store, ViewConfig(split="val"), TaskConfig())
+    raw_train = train_set.__getitems__(list(range(len(train_set))))["audio"].numpy()
+    raw_val = val_set.__getitems__([0, 1])["audio"].numpy()
+    stats = train_set.feature_stats(chunk=50)
+    np.testing.assert_allclose(stats["audio_mean"], raw_train.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats["audio_std"], raw_train.std(0), rtol=1e-4)
+    train_set.standardize(stats)
+    val_set.standardize(stats)
+    z = train_set.__getitems__(list(range(len(train_set))))["audio"].numpy()
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-3)
+    np.testing.assert_allclose(val_set.__getitems__([0, 1])["audio"].numpy(),
+                               (raw_val - stats["audio_mean"]) / stats["audio_std"], rtol=1e-5, atol=1e-5)
 
 
 def test_same_config_twice_gives_identical_metrics_and_a_new_run_dir(tmp_path, store):

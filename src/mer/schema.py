@@ -65,6 +65,7 @@ class DataConfig:
     train_view: str = "train"
     val_view: str = "val"
     eval_views: list[str] = field(default_factory=lambda: ["test"])
+    standardize: bool = True  # z-score features with the training view's mean/std (stored in checkpoints)
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0

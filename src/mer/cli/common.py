@@ -31,15 +31,27 @@ def build_feature_model(cfg: ExperimentConfig, store) -> tuple[nn.Module, dict]:
     return model, extra
 
 
+def fit_standardization(cfg: ExperimentConfig, train_set: FeatureDataset, others) -> dict:
+    """With `data.standardize`, z-score every dataset with the training view's statistics; return what a
+    checkpoint stores of them (tensors), so that evaluation applies the same transform."""
+    if not cfg.data.standardize:
+        return {}
+    stats = train_set.feature_stats()
+    for dataset in (train_set, *others):
+        dataset.standardize(stats)
+    return {"feature_stats": {k: torch.from_numpy(v) for k, v in stats.items()}}
+
+
 def rebuild_model(state: dict) -> nn.Module:
     """A feature model rebuilt from a checkpoint's own record (model config, dims, labels)."""
     model_cfg = validate(state["model_cfg"], ModelConfig)
     return build_model(model_cfg, len(state["labels"]), audio_dim=state["audio_dim"], text_dim=state["text_dim"])
 
 
-def eval_model_from_checkpoint(run_dir: Path, which: str, device: torch.device) -> nn.Module:
+def eval_model_from_checkpoint(run_dir: Path, which: str, device: torch.device,
+                               datasets=()) -> nn.Module:
     """The model to evaluate: `best.pt` holds the evaluation weights (EMA ones when EMA was on); for `last.pt`
-    the EMA weights are used when the run had EMA."""
+    the EMA weights are used when the run had EMA. `datasets` get the run's feature standardization."""
     state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt", map_location="cpu")
     model = rebuild_model(state)
     weights = state["model"]
@@ -47,6 +59,9 @@ def eval_model_from_checkpoint(run_dir: Path, which: str, device: torch.device) 
     if which == "last" and ema:
         weights = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
     model.load_state_dict(weights)
+    stats = state.get("feature_stats")
+    for dataset in datasets:
+        dataset.standardize({k: v.numpy() for k, v in stats.items()} if stats else None)
     return model.to(device).eval()
 
 

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     precision = resolve_precision(cfg.train.amp, device)
     store = open_store(args.store or cfg.data.store)
     datasets = {name: open_feature_view(store, cfg, name) for name in args.view}
-    model = eval_model_from_checkpoint(run_dir, args.checkpoint, device)
+    model = eval_model_from_checkpoint(run_dir, args.checkpoint, device, datasets.values())
     results = {}
     for name, dataset in datasets.items():
         results[name] = evaluate_view(

@@ -8,6 +8,7 @@ import time
 from mer.cli.common import (
     build_feature_model,
     eval_model_from_checkpoint,
+    fit_standardization,
     open_feature_view,
     print_eval_table,
 )
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     val_set = open_feature_view(store, cfg, cfg.data.val_view)
     eval_sets = {name: open_feature_view(store, cfg, name) for name in cfg.data.eval_views}
     model, extra = build_feature_model(cfg, store)
+    extra.update(fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
     if cfg.train.init_from:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for name, dataset in eval_sets.items():
-        eval_model = eval_model_from_checkpoint(run_dir, cfg.eval.checkpoint, device)
+        eval_model = eval_model_from_checkpoint(run_dir, cfg.eval.checkpoint, device, [dataset])
         results[name] = evaluate_view(
             eval_model, dataset, out_dir=run_dir / f"eval_{name}", run_name=run_dir.name, view_name=name,
             checkpoint=cfg.eval.checkpoint, device=device, precision=precision,

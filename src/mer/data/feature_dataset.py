@@ -86,6 +86,7 @@ class FeatureDataset(Dataset):
         self._text_mask = self.text_dim > 0
         self._audio: np.ndarray | None = None
         self._text: np.ndarray | None = None
+        self.stats: dict[str, np.ndarray] | None = None
         if preload:
             self._audio, self._text = self.store.get_rows(self.store_indices)
 
@@ -111,6 +112,36 @@ class FeatureDataset(Dataset):
         """Rows per task label (int64 [len(labels)])."""
         return np.bincount(self.label_ids, minlength=len(self.labels)).astype(np.int64)
 
+    def feature_stats(self, chunk: int = 16384) -> dict[str, np.ndarray]:
+        """Per-feature mean and std (float32) of this dataset's rows, for z-scoring every view with the training
+        view's statistics. A constant feature gets std 1 (it is only centred)."""
+        stats: dict[str, np.ndarray] = {}
+        sums = {"audio": np.zeros(self.audio_dim), "text": np.zeros(self.text_dim)}
+        sq = {"audio": np.zeros(self.audio_dim), "text": np.zeros(self.text_dim)}
+        for start in range(0, len(self), chunk):
+            audio, text = self.store.get_rows(self.store_indices[start:start + chunk])
+            for name, x in (("audio", audio), ("text", text)):
+                x = x.astype(np.float64)
+                sums[name] += x.sum(0)
+                sq[name] += (x * x).sum(0)
+        n = max(1, len(self))
+        for name in ("audio", "text"):
+            mean = sums[name] / n
+            std = np.sqrt(np.maximum(sq[name] / n - mean * mean, 0.0))
+            stats[f"{name}_mean"] = mean.astype(np.float32)
+            stats[f"{name}_std"] = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        return stats
+
+    def standardize(self, stats: dict[str, np.ndarray] | None) -> None:
+        """Serve features z-scored with `stats` (from `feature_stats` of the training view); None turns it off."""
+        if stats is not None:
+            for name, dim in (("audio", self.audio_dim), ("text", self.text_dim)):
+                for part in ("mean", "std"):
+                    got = np.asarray(stats[f"{name}_{part}"]).shape
+                    if got != (dim,):
+                        raise UserError(f"feature statistics for {name} have shape {got}, the store has {dim} dims")
+        self.stats = {k: np.asarray(v, dtype=np.float32) for k, v in stats.items()} if stats is not None else None
+
     def _positions(self, indices: Any) -> np.ndarray:
         pos = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
@@ -126,6 +157,9 @@ class FeatureDataset(Dataset):
             audio, text = self._audio[pos], self._text[pos]
         else:
             audio, text = self.store.get_rows(self.store_indices[pos])
+        if self.stats is not None:
+            audio = (audio - self.stats["audio_mean"]) / self.stats["audio_std"]
+            text = (text - self.stats["text_mean"]) / self.stats["text_std"]
         b = pos.size
         pos_t = torch.from_numpy(pos)
         return {
