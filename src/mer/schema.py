@@ -69,6 +69,10 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
+    # End-to-end training from the manifest (train_hf_e2e.py; `manifest` is then required, `store` unused):
+    max_audio_s: float = 20.0  # longer clips are cropped: a random window in training, the centre in evaluation
+    context_turns: int = 0  # previous dialogue turns prepended to a conversational row's text (0 = none)
+    bucket_batches: int = 32  # length bucketing: batches per bucket of similar-length clips (1 = random batches)
 
 
 @dataclass
@@ -77,6 +81,23 @@ class FusionConfig:
     heads: int = 4
     dropout: float = 0.1
     ffn_mult: float = 2.0
+
+
+@dataclass
+class HFModelConfig:
+    """The encoders of the end-to-end model `hf_at` (train_hf_e2e.py); the feature-store models ignore it."""
+
+    audio_encoder: str = "microsoft/wavlm-base-plus"  # hub name or save_pretrained folder (WavLM, HuBERT, wav2vec2)
+    text_encoder: str = "roberta-base"  # hub name or save_pretrained folder (RoBERTa, BERT, MiniLM)
+    audio_pooling: Literal["mean", "mean_std"] = "mean"  # masked mean over frames (H) or mean + std (2H)
+    # hidden state pooled: last, mean (of all), weighted (learned softmax weights over all), or an index
+    # (0 = the input of the first transformer layer)
+    audio_layer: Literal["last", "mean", "weighted"] | int = "last"
+    text_pooling: Literal["cls", "mean"] = "cls"  # first-token vector or masked mean over tokens
+    # what is not trained: nothing, the audio encoder's conv feature encoder, or both encoders (head only)
+    freeze: Literal["none", "feature_encoder", "all"] = "feature_encoder"
+    gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory, ~30% slower
+    max_text_tokens: int | None = None  # token limit per text (None: the text encoder's own limit)
 
 
 @dataclass
@@ -89,6 +110,7 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     audio_dim: int | None = None  # filled from the store; a value given here must match it
     text_dim: int | None = None
+    hf: HFModelConfig = field(default_factory=HFModelConfig)  # model.name: hf_at only
 
 
 @dataclass

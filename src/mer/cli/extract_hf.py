@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
+from mer.data.audio import read_clip_cropped
 from mer.data.context import context_parts, truncate_left
 from mer.data.manifest import manifest_sha256, read_manifest
 from mer.errors import UserError
@@ -117,26 +117,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def read_clip(path: Path, target_sr: int, max_s: float) -> tuple[np.ndarray, bool]:
-    """Mono float32 samples at `target_sr`, the first `max_s` seconds; and whether the file was longer.
-
-    Raises FileNotFoundError for a missing file and RuntimeError (soundfile's LibsndfileError) for an
-    unreadable one.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(str(path))
-    info = sf.info(str(path))
-    frames = int(math.ceil(max_s * info.samplerate))
-    data, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
-    x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if sr != target_sr and x.size:
-        import soxr
-
-        x = soxr.resample(x, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
-    limit = int(round(max_s * target_sr))
-    return np.ascontiguousarray(x[:limit]), info.frames > frames
-
-
 @dataclass
 class Item:
     """One manifest row to extract: its row, audio path and expected length, and its token ids."""
@@ -212,7 +192,7 @@ def _load_batch(batch: list[Item], target_sr: int, max_s: float, min_samples: in
             out.append((it, None))
             continue
         try:
-            x, cropped = read_clip(it.path, target_sr, max_s)
+            x, cropped = read_clip_cropped(it.path, max_s, crop="start", target_sr=target_sr)
         except FileNotFoundError:
             out.append((it, Failure(MISSING_FILE, f"{it.path}: audio file not found")))
             continue

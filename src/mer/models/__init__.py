@@ -3,9 +3,10 @@
 Importing this package registers the built-in models; it has no other side effect.
 """
 
-from mer.models import flexible_at, robust_at  # noqa: F401  (registers "flexible_at", "robust_at")
+from mer.models import flexible_at, hf_at, robust_at  # noqa: F401  (registers "flexible_at", "hf_at", "robust_at")
 from mer.models.flexible_at import FlexibleATModel
+from mer.models.hf_at import HFAudioTextModel
 from mer.models.registry import MODELS, build_model, model_summary, register
 from mer.models.robust_at import RobustATModel
 
-__all__ = ["MODELS", "FlexibleATModel", "RobustATModel", "build_model", "model_summary", "register"]
+__all__ = ["MODELS", "FlexibleATModel", "HFAudioTextModel", "RobustATModel", "build_model", "model_summary", "register"]

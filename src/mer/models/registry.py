@@ -1,8 +1,9 @@
 """Models by name: `@register("name")` on a model class, `build_model(cfg, n_classes, ...)` to make one.
 
-A registered class is constructed as `cls(cfg, n_classes)`, where `cfg` is a copy of the `ModelConfig`
-with `audio_dim` / `text_dim` resolved from the feature store. The model modules register themselves when
-`mer.models` is imported.
+A registered class is constructed as `cls(cfg, n_classes, **model_kwargs)`, where `cfg` is a copy of the
+`ModelConfig` with `audio_dim` / `text_dim` resolved from the feature store. A class with
+`needs_feature_dims = False` (the end-to-end `hf_at`, whose widths come from its encoders) skips the dims check.
+The model modules register themselves when `mer.models` is imported.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _resolve_dim(modality: str, cfg_dim: int | None, store_dim: int | None) -> i
 
 
 def build_model(
-    cfg: ModelConfig, n_classes: int, audio_dim: int | None = None, text_dim: int | None = None
+    cfg: ModelConfig, n_classes: int, audio_dim: int | None = None, text_dim: int | None = None, **model_kwargs
 ) -> nn.Module:
     """Build the model `cfg.name` for `n_classes` classes, with feature dims from the store.
 
@@ -59,7 +60,8 @@ def build_model(
         "audio": _resolve_dim("audio", cfg.audio_dim, audio_dim),
         "text": _resolve_dim("text", cfg.text_dim, text_dim),
     }
-    for modality in MODE_MODALITIES[cfg.mode]:
+    needs_dims = getattr(MODELS[cfg.name], "needs_feature_dims", True)
+    for modality in MODE_MODALITIES[cfg.mode] if needs_dims else ():
         dim = dims[modality]
         if dim is None:
             raise UserError(
@@ -82,7 +84,7 @@ def build_model(
         if value <= 0:
             raise UserError(f"{key} must be > 0; got {value}")
     resolved = dataclasses.replace(cfg, audio_dim=dims["audio"], text_dim=dims["text"])
-    return MODELS[cfg.name](resolved, n_classes)
+    return MODELS[cfg.name](resolved, n_classes, **model_kwargs)
 
 
 def model_summary(model: nn.Module) -> dict:
