@@ -502,6 +502,12 @@ def run_parser(parse: Any, root: Path, policy: Any = None, **options: Any) -> tu
     return items, report
 
 
+def parse_by_id(parse: Any, root: Path, policy: Any = None, **options: Any) -> dict[str, Any]:
+    """Run a parser to the end (as `run_parser`) and key its items by id, for exact-row assertions."""
+    items, _ = run_parser(parse, root, policy, **options)
+    return {it.id: it for it in items}
+
+
 def assert_matches(corpus: RawCorpus, items: list[Any], report: Any) -> None:
     """The parser's items and report agree with what the fixture wrote (default policy)."""
     assert [it.id for it in items] == corpus.ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raw_fixtures import assert_matches, make_cremad, run_parser
+from raw_fixtures import assert_matches, make_cremad, parse_by_id, run_parser
 
 from mer_builder.prepare import parse_cremad
 from mer_builder.prepare.records import RawItem
@@ -19,8 +19,7 @@ def test_fixture_corpus_parsed_as_written(tmp_path: Path) -> None:
 
 def test_misnamed_level_row_exact(tmp_path: Path) -> None:
     corpus = make_cremad(tmp_path / "CREMA-D")
-    items, _ = run_parser(parse_cremad.parse, corpus.root)
-    by_id = {it.id: it for it in items}
+    by_id = parse_by_id(parse_cremad.parse, corpus.root)
     assert by_id["CREMA-D/AudioWAV/1040_ITH_SAD_X"] == RawItem(
         id="CREMA-D/AudioWAV/1040_ITH_SAD_X",
         dataset="CREMA-D",

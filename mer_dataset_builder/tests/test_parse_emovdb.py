@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_emovdb, run_parser
+from raw_fixtures import assert_matches, make_emovdb, parse_by_id, run_parser
 
 from mer_builder.prepare import parse_emovdb
 from mer_builder.prepare.policy import LabelPolicy
@@ -32,8 +32,7 @@ def test_both_layouts_give_the_same_rows(tmp_path: Path) -> None:
 
 def test_odd_name_row_exact(tmp_path: Path) -> None:
     corpus = make_emovdb(tmp_path / "EmoV-DB")
-    items, _ = run_parser(parse_emovdb.parse, corpus.root)
-    by_id = {it.id: it for it in items}
+    by_id = parse_by_id(parse_emovdb.parse, corpus.root)
     assert by_id["EmoV-DB/bea_Amused/amused_141_168_0154"] == RawItem(
         id="EmoV-DB/bea_Amused/amused_141_168_0154",
         dataset="EmoV-DB",

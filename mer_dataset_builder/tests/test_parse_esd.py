@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raw_fixtures import assert_matches, make_esd, run_parser
+from raw_fixtures import assert_matches, make_esd, parse_by_id, run_parser
 
 from mer_builder.prepare import parse_esd
 from mer_builder.prepare.records import RawItem
@@ -20,8 +20,7 @@ def test_fixture_corpus_parsed_as_written(tmp_path: Path) -> None:
 
 def test_rows_exact(tmp_path: Path) -> None:
     corpus = make_esd(tmp_path / "ESD")
-    items, _ = run_parser(parse_esd.parse, corpus.root)
-    by_id = {it.id: it for it in items}
+    by_id = parse_by_id(parse_esd.parse, corpus.root)
     assert by_id["ESD/0001/Neutral/0001_000001"] == RawItem(  # UTF-16 with BOM, Chinese emotion name
         id="ESD/0001/Neutral/0001_000001",
         dataset="ESD",

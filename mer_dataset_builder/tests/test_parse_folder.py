@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_folder, run_parser
+from raw_fixtures import assert_matches, make_folder, parse_by_id, run_parser
 
 from mer_builder.prepare import parse_folder
 from mer_builder.prepare.records import RawItem
@@ -22,8 +22,7 @@ def test_fixture_corpus_parsed_as_written(tmp_path: Path, layout: str) -> None:
 
 def test_row_exact(tmp_path: Path) -> None:
     corpus = make_folder(tmp_path / "mine")
-    items, _ = run_parser(parse_folder.parse, corpus.root, **corpus.options)
-    by_id = {it.id: it for it in items}
+    by_id = parse_by_id(parse_folder.parse, corpus.root, **corpus.options)
     assert by_id["MyCorpus/train/happy/spk1_002"] == RawItem(
         id="MyCorpus/train/happy/spk1_002",
         dataset="MyCorpus",

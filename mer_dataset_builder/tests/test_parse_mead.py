@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_mead, run_parser
+from raw_fixtures import assert_matches, make_mead, parse_by_id, run_parser
 
 from mer_builder.prepare import parse_mead
 from mer_builder.prepare.policy import LabelPolicy
@@ -26,8 +26,7 @@ def test_fixture_corpus_parsed_as_written(tmp_path: Path, sentences: str) -> Non
 
 def test_row_exact(tmp_path: Path) -> None:
     corpus = make_mead(tmp_path / "MEAD")
-    items, _ = run_parser(parse_mead.parse, corpus.root)
-    by_id = {it.id: it for it in items}
+    by_id = parse_by_id(parse_mead.parse, corpus.root)
     assert by_id["MEAD/W019/audio/angry/level_3/002"] == RawItem(
         id="MEAD/W019/audio/angry/level_3/002",
         dataset="MEAD",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import MELD_HEADER, assert_matches, make_meld, run_parser
+from raw_fixtures import MELD_HEADER, assert_matches, make_meld, parse_by_id, run_parser
 
 from mer_builder.prepare import parse_meld
 from mer_builder.prepare.records import RawItem
@@ -21,8 +21,7 @@ def test_fixture_corpus_parsed_as_written(tmp_path: Path, nested: bool) -> None:
 
 def test_rows_exact_utf8_and_cp1252(tmp_path: Path) -> None:
     corpus = make_meld(tmp_path / "MELD.Raw")
-    items, _ = run_parser(parse_meld.parse, corpus.root)
-    by_id = {it.id: it for it in items}
+    by_id = parse_by_id(parse_meld.parse, corpus.root)
     assert by_id["MELD/train/dia0_utt0"] == RawItem(
         id="MELD/train/dia0_utt0",
         dataset="MELD",

@@ -13,14 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mer_builder.prepare.integrity import (
-    IdGuard,
-    anchored_id,
-    find_named,
-    list_files,
-    quick_problem,
-    read_text,
-)
+from mer_builder.prepare.integrity import anchored_id, find_named, read_text
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -65,21 +59,17 @@ def read_demographics(path: Path) -> dict[str, str | None]:
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per CREMA-D WAV below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    demo_files = find_named(root, DEMOGRAPHICS)
+    run = ParseRun(DATASET, root, policy, report)
+    demo_files = find_named(run.root, DEMOGRAPHICS)
     genders: dict[str, str | None] | None = None
     if demo_files:
         genders = read_demographics(demo_files[0])
         if len(demo_files) > 1:
             report.warnings.append(f"several {DEMOGRAPHICS} found; using {demo_files[0]}")
     else:
-        report.warnings.append(f"{DEMOGRAPHICS} not found below {root}: gender left empty")
+        report.warnings.append(f"{DEMOGRAPHICS} not found below {run.root}: gender left empty")
     missing_actors: set[str] = set()
-    ids = IdGuard()
-    for path in list_files(root, [".wav"]):
-        report.found += 1
+    for path in run.files([".wav"]):
         m = _NAME_RE.fullmatch(path.stem)
         if m is None:
             report.skip(path, "not a CREMA-D file name (expected ActorID_SENT_EMO_LVL.wav)")
@@ -98,14 +88,8 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
         if level not in LEVELS:
             report.skip(path, f"unknown level {level} (expected one of {', '.join(LEVELS)})")
             continue
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
-            continue
-        item_id = anchored_id(DATASET, root, path, _ANCHOR_RE)
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        item_id = anchored_id(DATASET, run.root, path, _ANCHOR_RE)
+        if not run.admit(path, item_id):
             continue
         notes.insert(0, f"text from sentence code {sent}")
         gender = None
@@ -116,11 +100,9 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
         else:
             notes.append(f"gender unknown: actor {actor} not in {DEMOGRAPHICS}")
             missing_actors.add(actor)
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        yield run.item(
+            path,
+            item_id,
             label=EMOTIONS[emo],
             source_label=emo,
             speaker=f"{DATASET}/{actor}",

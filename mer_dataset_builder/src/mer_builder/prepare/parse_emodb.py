@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mer_builder.prepare.integrity import IdGuard, anchored_id, list_files, quick_problem
+from mer_builder.prepare.integrity import anchored_id
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -47,12 +48,8 @@ TEXTS = {
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per EmoDB WAV below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    ids = IdGuard()
-    for path in list_files(root, [".wav"]):
-        report.found += 1
+    run = ParseRun(DATASET, root, policy, report)
+    for path in run.files([".wav"]):
         m = _NAME_RE.fullmatch(path.stem)
         if m is None:
             report.skip(path, "not an EmoDB file name (expected SSTTTEV.wav, e.g. 03a01Fa.wav)")
@@ -64,28 +61,18 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
         if code not in TEXTS:
             report.skip(path, f"unknown text code {code}")
             continue
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
+        item_id = anchored_id(DATASET, run.root, path, _ANCHOR_RE)
+        if not run.admit(path, item_id):
             continue
-        item_id = anchored_id(DATASET, root, path, _ANCHOR_RE)
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        source, fixed = EMOTIONS[emo]
+        resolved = run.resolve_label(fixed, source, "emodb_boredom")
+        if resolved is None:
             continue
-        source, label = EMOTIONS[emo]
-        notes = [f"text from text code {code}"]
-        if label is None:
-            label = policy.target("emodb_boredom")
-            if label is None:
-                report.drop("EmoDB boredom dropped by policy")
-                continue
-            notes.insert(0, f"boredom->{label} (policy emodb_boredom)")
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        label, notes = resolved
+        notes.append(f"text from text code {code}")
+        yield run.item(
+            path,
+            item_id,
             label=label,
             source_label=source,
             speaker=f"{DATASET}/{speaker}",

@@ -13,15 +13,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mer_builder.prepare.integrity import (
-    IdGuard,
-    find_named,
-    list_files,
-    make_id,
-    quick_problem,
-    read_text,
-    rel_parts,
-)
+from mer_builder.prepare.integrity import find_named, make_id, read_text, rel_parts
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -70,40 +63,26 @@ def locate(parts: tuple[str, ...]) -> tuple[int, str, str] | None:
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per EmoV-DB WAV below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    arctic_files = find_named(root, ARCTIC_FILE)
+    run = ParseRun(DATASET, root, policy, report)
+    arctic_files = find_named(run.root, ARCTIC_FILE)
     prompts: dict[str, str] | None = read_arctic(arctic_files[0]) if arctic_files else None
     if prompts is None:
-        report.warnings.append(f"no {ARCTIC_FILE} below {root}: texts left empty")
-    ids = IdGuard()
-    for path in list_files(root, [".wav"]):
-        report.found += 1
-        parts = rel_parts(root, path)
+        report.warnings.append(f"no {ARCTIC_FILE} below {run.root}: texts left empty")
+    for path in run.files([".wav"]):
+        parts = rel_parts(run.root, path)
         where = locate(parts)
         if where is None:
             report.skip(path, "not under a {speaker}_{Emotion}/ or {speaker}/{emotion}/ folder")
             continue
         spk_idx, speaker, source = where
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
-            continue
         item_id = make_id(DATASET, parts[spk_idx:])
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        if not run.admit(path, item_id):
             continue
-        label = EMOTIONS[source]
-        notes: list[str] = []
-        if label is None:
-            label = policy.target("emovdb_sleepy")
-            if label is None:
-                report.drop("EmoV-DB Sleepy dropped by policy")
-                continue
-            notes.append(f"Sleepy->{label} (policy emovdb_sleepy)")
-        elif source == "Amused":
+        resolved = run.resolve_label(EMOTIONS[source], source, "emovdb_sleepy")
+        if resolved is None:
+            continue
+        label, notes = resolved
+        if source == "Amused":
             notes.append("Amused->joy")
         number = path.stem.rsplit("_", 1)[-1]
         text = ""
@@ -118,11 +97,9 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
                 notes.append(f"text from {ARCTIC_FILE} {prompt}")
             else:
                 notes.append(f"no transcript: {prompt} not in {ARCTIC_FILE}")
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        yield run.item(
+            path,
+            item_id,
             label=label,
             source_label=source,
             speaker=f"{DATASET}/{speaker}",

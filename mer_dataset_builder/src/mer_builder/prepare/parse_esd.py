@@ -12,15 +12,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mer_builder.prepare.integrity import (
-    IdGuard,
-    anchor_index,
-    list_files,
-    make_id,
-    quick_problem,
-    read_text,
-    rel_parts,
-)
+from mer_builder.prepare.integrity import anchor_index, list_files, make_id, read_text, rel_parts
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -76,14 +69,10 @@ def _load_transcripts(root: Path, report: ParseReport) -> dict[str, dict[str, tu
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per ESD WAV below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    transcripts = _load_transcripts(root, report)
-    ids = IdGuard()
-    for path in list_files(root, [".wav"]):
-        report.found += 1
-        parts = rel_parts(root, path)
+    run = ParseRun(DATASET, root, policy, report)
+    transcripts = _load_transcripts(run.root, report)
+    for path in run.files([".wav"]):
+        parts = rel_parts(run.root, path)
         spk_idx = anchor_index(parts, _SPEAKER_RE)
         emo_idx = None
         if spk_idx is not None:
@@ -94,14 +83,8 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
             continue
         spk = parts[spk_idx]
         source = _FOLDER_EMOTION[parts[emo_idx].lower()]
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
-            continue
         item_id = make_id(DATASET, parts[spk_idx:])
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        if not run.admit(path, item_id):
             continue
         notes: list[str] = []
         text = ""
@@ -115,11 +98,9 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
             said = TEXT_EMOTIONS.get(written.lower(), written)
             if said != source:
                 notes.append(f"{spk}.txt names emotion {written!r}, folder says {source}")
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        yield run.item(
+            path,
+            item_id,
             label=EMOTIONS[source],
             source_label=source,
             speaker=f"{DATASET}/{spk}",

@@ -21,7 +21,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from mer_builder.labels import EMOTIONS_7
-from mer_builder.prepare.integrity import IdGuard, list_files, make_id, quick_problem, read_text, rel_parts
+from mer_builder.prepare.integrity import make_id, read_text, rel_parts
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -101,9 +102,7 @@ def parse(
     **options: object,
 ) -> Iterator[RawItem]:
     """Yield one RawItem per audio file of a folder-per-label corpus below `root`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{name} folder not found: {root}")
+    run = ParseRun(name, root, policy, report)
     if not _NAME_RE.fullmatch(name):
         raise ValueError(f"corpus name {name!r} must be letters, digits, '.', '_' or '-' (no '/')")
     if domain not in ("acted", "conversational"):
@@ -113,16 +112,14 @@ def parse(
     pattern = _compile_speaker_regex(speaker_regex)
     if transcripts is not None:
         texts: dict[str, str] | None = read_transcripts(Path(transcripts))
-    elif (root / TRANSCRIPTS_FILE).is_file():
-        texts = read_transcripts(root / TRANSCRIPTS_FILE)
+    elif (run.root / TRANSCRIPTS_FILE).is_file():
+        texts = read_transcripts(run.root / TRANSCRIPTS_FILE)
     else:
         texts = None
-    split_layout = any(d.is_dir() and d.name.lower() in SPLIT_FOLDERS for d in root.iterdir())
-    ids = IdGuard()
+    split_layout = any(d.is_dir() and d.name.lower() in SPLIT_FOLDERS for d in run.root.iterdir())
     regex_misses = 0
-    for path in list_files(root, AUDIO_SUFFIXES):
-        report.found += 1
-        parts = rel_parts(root, path)
+    for path in run.files(AUDIO_SUFFIXES):
+        parts = rel_parts(run.root, path)
         split = None
         label_parts = parts
         if split_layout:
@@ -148,14 +145,8 @@ def parse(
         else:
             report.skip(path, f"unknown label folder {folder!r} (not one of the 7 classes and not in label_map)")
             continue
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
-            continue
         item_id = make_id(name, parts)
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        if not run.admit(path, item_id):
             continue
         speaker, matched = _speaker(path.stem, pattern)
         if pattern is not None and not matched:
@@ -169,11 +160,9 @@ def parse(
             text = texts[rel]
         else:
             notes.append(f"no transcript: {rel} not in {TRANSCRIPTS_FILE}")
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=name,
-            source_path=path,
+        yield run.item(
+            path,
+            item_id,
             label=label,
             source_label=folder,
             speaker=f"{name}/{speaker}",

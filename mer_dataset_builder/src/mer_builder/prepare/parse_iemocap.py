@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mer_builder.prepare.integrity import IdGuard, anchored_id, list_files, quick_problem, read_text
+from mer_builder.prepare.integrity import anchored_id, list_files, read_text
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import IEMOCAP_4CLASS_SOURCES, LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -53,36 +54,36 @@ class Evaluation:
     dominance: float
 
 
-def read_evaluations(txt_files: list[Path], report: ParseReport) -> dict[str, Evaluation]:
-    """turn name -> its evaluation, from those of `txt_files` that sit directly in an `EmoEvaluation/` folder."""
-    evals: dict[str, Evaluation] = {}
+def _matches_in(txt_files: list[Path], folder: str, pattern: re.Pattern[str]) -> Iterator[tuple[Path, re.Match[str]]]:
+    """(file, match of `pattern` at the start of a stripped line) for the lines of those `txt_files` that sit
+    directly in a folder called `folder` (any case); files read as UTF-8, else cp1252."""
     for path in txt_files:
-        if path.parent.name.lower() != "emoevaluation":
+        if path.parent.name.lower() != folder:
             continue
         text, _ = read_text(path, ("cp1252",))
         for line in text.splitlines():
-            m = _EVAL_RE.match(line.strip())
-            if m is None:
-                continue
-            start, end, turn, label, v, a, d = m.groups()
-            if turn in evals:
-                report.warnings.append(f"{path.name}: a second evaluation line for {turn} (first one kept)")
-                continue
-            evals[turn] = Evaluation(float(start), float(end), label, float(v), float(a), float(d))
+            m = pattern.match(line.strip())
+            if m is not None:
+                yield path, m
+
+
+def read_evaluations(txt_files: list[Path], report: ParseReport) -> dict[str, Evaluation]:
+    """turn name -> its evaluation, from those of `txt_files` that sit directly in an `EmoEvaluation/` folder."""
+    evals: dict[str, Evaluation] = {}
+    for path, m in _matches_in(txt_files, "emoevaluation", _EVAL_RE):
+        start, end, turn, label, v, a, d = m.groups()
+        if turn in evals:
+            report.warnings.append(f"{path.name}: a second evaluation line for {turn} (first one kept)")
+            continue
+        evals[turn] = Evaluation(float(start), float(end), label, float(v), float(a), float(d))
     return evals
 
 
 def read_transcripts(txt_files: list[Path]) -> dict[str, str]:
     """turn name -> transcript, from those of `txt_files` that sit directly in a `transcriptions/` folder."""
     texts: dict[str, str] = {}
-    for path in txt_files:
-        if path.parent.name.lower() != "transcriptions":
-            continue
-        text, _ = read_text(path, ("cp1252",))
-        for line in text.splitlines():
-            m = _TRANS_RE.match(line.strip())
-            if m is not None:
-                texts.setdefault(m.group(1), m.group(2).strip())
+    for _path, m in _matches_in(txt_files, "transcriptions", _TRANS_RE):
+        texts.setdefault(m.group(1), m.group(2).strip())
     return texts
 
 
@@ -99,39 +100,28 @@ def turn_positions(evals: dict[str, Evaluation]) -> dict[str, int]:
     return positions
 
 
-def _resolve(source: str, policy: LabelPolicy, report: ParseReport) -> tuple[str | None, list[str]] | None:
-    """(7-class label or None when dropped, notes); None for a label IEMOCAP does not define."""
-    if policy.iemocap_preset == "4class" and source not in IEMOCAP_4CLASS_SOURCES:
-        if source in FIXED or source in POLICY_FIELDS:
-            report.drop(f"IEMOCAP {source} dropped by policy (4class)")
-            return None, []
+def _resolve(source: str, run: ParseRun) -> tuple[str, list[str]] | None:
+    """(7-class label, notes) of a label IEMOCAP defines (FIXED or POLICY_FIELDS); None when the policy drops it
+    (counted)."""
+    if run.policy.iemocap_preset == "4class" and source not in IEMOCAP_4CLASS_SOURCES:
+        run.report.drop(f"{DATASET} {source} dropped by policy (4class)")
         return None
-    if source in FIXED:
-        return FIXED[source], ([f"{source}->joy"] if source == "exc" else [])
     if source in POLICY_FIELDS:
-        field = POLICY_FIELDS[source]
-        label = policy.target(field)
-        if label is None:
-            report.drop(f"IEMOCAP {source} dropped by policy")
-            return None, []
-        return label, [f"{source}->{label} (policy {field})"]
-    return None
+        return run.resolve_label(None, source, POLICY_FIELDS[source])
+    return FIXED[source], ([f"{source}->joy"] if source == "exc" else [])
 
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per evaluated IEMOCAP turn WAV below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    txt_files = list_files(root, [".txt"])
+    run = ParseRun(DATASET, root, policy, report)
+    txt_files = list_files(run.root, [".txt"])
     evals = read_evaluations(txt_files, report)
     if not evals:
-        report.warnings.append(f"no EmoEvaluation/*.txt label lines found below {root}")
+        report.warnings.append(f"no EmoEvaluation/*.txt label lines found below {run.root}")
     texts = read_transcripts(txt_files)
     positions = turn_positions(evals)
-    ids = IdGuard()
     ignored = 0
-    for path in list_files(root, [".wav"]):
+    for path in list_files(run.root, [".wav"]):
         m = _TURN_RE.fullmatch(path.stem)
         if m is None:
             ignored += 1  # dialog-level recordings (dialog/wav/Ses01F_impro01.wav) and other non-turn audio
@@ -143,30 +133,22 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
         if ev is None:
             report.skip(path, f"no EmoEvaluation line for turn {turn}")
             continue
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
+        item_id = anchored_id(DATASET, run.root, path, _ANCHOR_RE)
+        if not run.admit(path, item_id):
             continue
-        item_id = anchored_id(DATASET, root, path, _ANCHOR_RE)
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
-            continue
-        resolved = _resolve(ev.label, policy, report)
-        if resolved is None:
+        if ev.label not in FIXED and ev.label not in POLICY_FIELDS:
             report.skip(path, f"unknown emotion label {ev.label!r} in EmoEvaluation")
             continue
-        label, notes = resolved
-        if label is None:
+        resolved = _resolve(ev.label, run)
+        if resolved is None:
             continue
+        label, notes = resolved
         text = texts.get(turn)
         if text is None:
             notes.append("no transcript: turn not in transcriptions")
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        yield run.item(
+            path,
+            item_id,
             label=label,
             source_label=ev.label,
             speaker=f"{DATASET}/Ses{session}_{letter}",

@@ -21,15 +21,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mer_builder.prepare.integrity import (
-    IdGuard,
-    find_named,
-    list_files,
-    make_id,
-    quick_problem,
-    read_text,
-    rel_parts,
-)
+from mer_builder.prepare.integrity import find_named, make_id, read_text, rel_parts
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -78,21 +71,17 @@ def parse(
     root: Path, policy: LabelPolicy, report: ParseReport, sentences: Path | str | None = None, **options: object
 ) -> Iterator[RawItem]:
     """Yield one RawItem per MEAD audio clip below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
+    run = ParseRun(DATASET, root, policy, report)
     if sentences is not None:
         sentences_path: Path | None = Path(sentences)
     else:
-        found = find_named(root, SENTENCES_FILE)
+        found = find_named(run.root, SENTENCES_FILE)
         sentences_path = found[0] if found else None
     table = read_sentences(sentences_path) if sentences_path is not None else None
     if table is None:
         report.warnings.append(f"{SENTENCES_FILE} not given: MEAD texts left empty")
-    ids = IdGuard()
-    for path in list_files(root, AUDIO_SUFFIXES):
-        report.found += 1
-        parts = rel_parts(root, path)
+    for path in run.files(AUDIO_SUFFIXES):
+        parts = rel_parts(run.root, path)
         level_m = _LEVEL_RE.fullmatch(parts[-2]) if len(parts) >= 3 else None
         subject_idx = next((i for i in range(len(parts) - 4, -1, -1) if _SUBJECT_RE.fullmatch(parts[i])), None)
         if level_m is None or subject_idx is None:
@@ -102,23 +91,13 @@ def parse(
         if emotion not in EMOTIONS:
             report.skip(path, f"unknown emotion folder {parts[-3]!r} (expected one of {', '.join(EMOTIONS)})")
             continue
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
-            continue
         item_id = make_id(DATASET, parts[subject_idx:])
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        if not run.admit(path, item_id):
             continue
-        label = EMOTIONS[emotion]
-        notes: list[str] = []
-        if label is None:
-            label = policy.target("mead_contempt")
-            if label is None:
-                report.drop("MEAD contempt dropped by policy")
-                continue
-            notes.append(f"contempt->{label} (policy mead_contempt)")
+        resolved = run.resolve_label(EMOTIONS[emotion], emotion, "mead_contempt")
+        if resolved is None:
+            continue
+        label, notes = resolved
         text = ""
         if table is None:
             notes.append(f"no transcript: {SENTENCES_FILE} not given")
@@ -133,11 +112,9 @@ def parse(
                 text = found_text
                 notes.append(f"text from {SENTENCES_FILE}")
         subject = parts[subject_idx]
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        yield run.item(
+            path,
+            item_id,
             label=label,
             source_label=emotion,
             speaker=f"{DATASET}/{subject}",

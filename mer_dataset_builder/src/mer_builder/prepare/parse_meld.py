@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mer_builder.labels import EMOTIONS_7
 from mer_builder.prepare.integrity import list_files, quick_problem, read_text, rel_parts
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -48,16 +49,16 @@ def _clip_split(parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def _index_clips(root: Path, report: ParseReport) -> dict[tuple[str, int, int], Path]:
+def _index_clips(run: ParseRun) -> dict[tuple[str, int, int], Path]:
     """(split, dialogue, utterance) -> clip path; faulty, unplaceable and superseded clips are skipped."""
+    report = run.report
     clips: dict[tuple[str, int, int], Path] = {}
-    for path in list_files(root, [".mp4"]):
-        report.found += 1
+    for path in run.files([".mp4"]):
         m = _CLIP_RE.fullmatch(path.stem)
         if m is None:
             report.skip(path, "not a MELD clip name (expected dia<D>_utt<U>.mp4)")
             continue
-        split = _clip_split(rel_parts(root, path))
+        split = _clip_split(rel_parts(run.root, path))
         if split is None:
             report.skip(path, "cannot tell the split from the folders (expected train_splits/, "
                               "dev_splits_complete/ or output_repeated_splits_test/)")
@@ -98,16 +99,14 @@ def _read_csv(path: Path, report: ParseReport) -> tuple[list[dict[str, str]], st
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per MELD CSV row that has a clip, split by split (train, val, test), in CSV order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    clips = _index_clips(root, report)
+    run = ParseRun(DATASET, root, policy, report)
+    clips = _index_clips(run)
     used: set[tuple[str, int, int]] = set()
-    all_csv = list_files(root, [".csv"])
+    all_csv = list_files(run.root, [".csv"])
     for split in SPLITS:
         csv_files = [p for p in all_csv if p.name.lower() == CSV_NAMES[split]]
         if not csv_files:
-            report.warnings.append(f"{CSV_NAMES[split]} not found below {root}: no {split} rows")
+            report.warnings.append(f"{CSV_NAMES[split]} not found below {run.root}: no {split} rows")
             continue
         if len(csv_files) > 1:
             report.warnings.append(f"several {CSV_NAMES[split]} found; using {csv_files[0]}")
@@ -141,11 +140,9 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
             if encoding not in ("utf-8", "utf-8-sig"):
                 notes.append(f"text decoded from {encoding}")
             speaker = (row.get("Speaker") or "").strip() or "unknown"
-            report.yielded += 1
-            yield RawItem(
-                id=f"{DATASET}/{split}/{name}",
-                dataset=DATASET,
-                source_path=clip,
+            yield run.item(
+                clip,
+                f"{DATASET}/{split}/{name}",
                 label=emotion.lower(),
                 source_label=emotion,
                 speaker=f"{DATASET}/{speaker}",

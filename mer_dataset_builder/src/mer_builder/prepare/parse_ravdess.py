@@ -10,7 +10,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mer_builder.prepare.integrity import IdGuard, anchored_id, list_files, quick_problem
+from mer_builder.prepare.integrity import anchored_id
+from mer_builder.prepare.parse_common import ParseRun
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
@@ -36,12 +37,8 @@ SONG_DROP = "RAVDESS song file (vocal channel 02) excluded: speech only"
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:
     """Yield one RawItem per RAVDESS speech WAV below `root` (recursively)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{DATASET} folder not found: {root}")
-    ids = IdGuard()
-    for path in list_files(root, [".wav"]):
-        report.found += 1
+    run = ParseRun(DATASET, root, policy, report)
+    for path in run.files([".wav"]):
         m = _NAME_RE.fullmatch(path.stem)
         if m is None:
             report.skip(path, "not a RAVDESS file name (expected MM-VV-EE-II-SS-RR-AA.wav)")
@@ -62,28 +59,18 @@ def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: objec
         if statement not in STATEMENTS:
             report.skip(path, f"unknown statement code {statement} (expected 01 or 02)")
             continue
-        problem = quick_problem(path)
-        if problem:
-            report.skip(path, problem)
+        item_id = anchored_id(DATASET, run.root, path, _ANCHOR_RE)
+        if not run.admit(path, item_id):
             continue
-        item_id = anchored_id(DATASET, root, path, _ANCHOR_RE)
-        first = ids.claim(item_id, path)
-        if first is not None:
-            report.skip(path, f"duplicate of {first} (same id {item_id})")
+        source, fixed = EMOTIONS[emo]
+        resolved = run.resolve_label(fixed, source, "ravdess_calm")
+        if resolved is None:
             continue
-        source, label = EMOTIONS[emo]
-        notes = [f"text from statement code {statement}"]
-        if label is None:
-            label = policy.target("ravdess_calm")
-            if label is None:
-                report.drop("RAVDESS calm dropped by policy")
-                continue
-            notes.insert(0, f"calm->{label} (policy ravdess_calm)")
-        report.yielded += 1
-        yield RawItem(
-            id=item_id,
-            dataset=DATASET,
-            source_path=path,
+        label, notes = resolved
+        notes.append(f"text from statement code {statement}")
+        yield run.item(
+            path,
+            item_id,
             label=label,
             source_label=source,
             speaker=f"{DATASET}/Actor_{actor}",
