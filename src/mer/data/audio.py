@@ -1,0 +1,83 @@
+"""Reading clips for the encoders: mono float32 at 16 kHz, at most `max_s` seconds, cropped where asked.
+
+Only the window that is kept is decoded (soundfile seeks), so a long file costs no more than its crop. A file at
+another rate is resampled with soxr; a multi-channel file is mixed down to mono.
+
+Crops: `"start"` keeps the first `max_s` seconds (the extractor's choice), `"center"` the middle (deterministic,
+for evaluation), `"random"` a window drawn uniformly (training). The random offset comes from `rng` when given,
+else from torch's global generator — so a run seeded with `seed_everything`, resumed with its saved RNG state, or
+read in DataLoader workers (seeded by torch from that generator) draws the same crops again.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+
+SAMPLE_RATE = 16000
+Crop = Literal["start", "center", "random"]
+CROPS = ("start", "center", "random")
+
+
+def _offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
+    if excess <= 0 or crop == "start":
+        return 0
+    if crop == "center":
+        return excess // 2
+    if rng is not None:
+        return int(rng.integers(0, excess + 1))
+    return int(torch.randint(0, excess + 1, (1,)).item())
+
+
+def read_clip_cropped(
+    path: str | Path,
+    max_s: float | None = None,
+    crop: Crop = "random",
+    rng: np.random.Generator | None = None,
+    target_sr: int = SAMPLE_RATE,
+) -> tuple[np.ndarray, bool]:
+    """`read_clip`, and whether the file was longer than `max_s` (so that a window was cut out of it)."""
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    info = sf.info(str(path))
+    sr, total = int(info.samplerate), int(info.frames)
+    window = total if max_s is None else min(total, int(math.ceil(max_s * sr)))
+    start = _offset(total - window, crop, rng)
+    data, _ = sf.read(str(path), start=start, frames=window, dtype="float32", always_2d=True)
+    x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if sr != target_sr and x.size:
+        import soxr
+
+        x = soxr.resample(x, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+    if max_s is not None:
+        x = x[: int(round(max_s * target_sr))]
+    return np.ascontiguousarray(x, dtype=np.float32), window < total
+
+
+def read_clip(
+    path: str | Path,
+    max_s: float | None = None,
+    crop: Crop = "random",
+    rng: np.random.Generator | None = None,
+    target_sr: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Mono float32 samples of `path` at `target_sr` (16 kHz), at most `max_s` seconds (None: all of it).
+
+    A longer file is cropped to `max_s` by `crop` (see the module doc). Raises FileNotFoundError for a missing
+    file and RuntimeError (soundfile's LibsndfileError) for one that cannot be decoded.
+    """
+    return read_clip_cropped(path, max_s, crop, rng, target_sr)[0]
+
+
+def clip_samples(path: str | Path, target_sr: int = SAMPLE_RATE) -> int:
+    """The length of `path` in samples at `target_sr`, from its header (no decoding)."""
+    info = sf.info(str(path))
+    return int(round(info.frames * target_sr / info.samplerate)) if info.samplerate else 0

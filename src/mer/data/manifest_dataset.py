@@ -1,0 +1,286 @@
+"""The manifest's WAVs and transcripts as a torch dataset, and the collator that batches them for HF encoders.
+
+`ManifestDataset` selects a view of `meta_manifest.jsonl`, maps it into the task (rows outside it are counted in
+`.dropped`, as the feature datasets do) and yields one item per row: the clip (mono float32 at 16 kHz, at most
+`max_audio_s` seconds: a random window in training, the centre in evaluation; see `mer.data.audio`) and the text
+(with `context_turns` previous turns of the dialogue before it, built from every manifest row; see
+`mer.data.context`). Only what the mode reads is loaded: no audio in mode T, no text in mode A.
+
+Checked when the dataset is made, so that a run fails before it starts:
+
+- a row without `audio_path`, or whose WAV does not exist: a one-line UserError naming the file and the row;
+- a context window on a manifest without any dialogue: one warning (the context is then always empty).
+
+Rows without usable content (a policy, not an error — transcripts are "" where a corpus has none):
+
+- empty transcript: in mode AT the row is kept with `text_mask` False (the fusion ignores the text token, as it
+  does for a dropped modality); in mode T it has no input at all and is skipped and counted in `.skipped`;
+- empty audio (zero samples): likewise, `audio_mask` False in mode AT, skipped and counted in mode A.
+
+`.lengths` (int64 per row) is what length bucketing sorts on: audio samples after the crop (characters of the
+text in mode T). `HFCollator` turns a list of items into the batch dict `HFAudioTextModel` reads.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mer.data.audio import SAMPLE_RATE, clip_samples, read_clip
+from mer.data.context import DEFAULT_SEP, context_parts, truncate_left
+from mer.data.manifest import read_manifest
+from mer.data.views import describe_view, select_rows
+from mer.errors import UserError
+from mer.schema import TaskConfig, ViewConfig
+
+MISSING = "<missing>"  # the `.dropped` key of rows that have no value in the task's source field
+EMPTY_TEXT = "empty_text"
+EMPTY_AUDIO = "empty_audio"
+MODES = ("A", "T", "AT")
+
+
+def task_label_ids(rows: Sequence[dict], positions: Sequence[int], task: TaskConfig) -> tuple[list[int], list[int],
+                                                                                             dict[str, int]]:
+    """Map rows into the task: (kept positions, their label ids, {source value: rows left out})."""
+    labels = list(task.labels)
+    if len(set(labels)) != len(labels):
+        raise UserError(f"task labels must be unique, got {labels}")
+    label_to_id = {name: i for i, name in enumerate(labels)}
+    keep, ids, dropped = [], [], Counter()
+    for pos in positions:
+        value = rows[pos].get(task.source_field)
+        mapped = task.mapping.get(value, value) if isinstance(value, str) else value
+        lid = label_to_id.get(mapped) if isinstance(mapped, str) else None
+        if lid is None:
+            dropped[MISSING if value is None else str(value)] += 1
+            continue
+        keep.append(int(pos))
+        ids.append(lid)
+    return keep, ids, dict(sorted(dropped.items()))
+
+
+def _duration_samples(row: dict, path: Path, sr: int) -> int:
+    """Length in samples: from the manifest's `duration_s` when it is a number, else from the WAV header."""
+    d = row.get("duration_s")
+    if isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d >= 0:
+        return int(round(float(d) * sr))
+    try:
+        return clip_samples(path, sr)
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"{path}: cannot read the audio header ({' '.join(str(exc).split())}); "
+                        f"manifest row {row['id']}") from None
+
+
+class ManifestDataset(Dataset):
+    """The rows of a manifest view in a task, as (clip, text) items; see the module doc."""
+
+    def __init__(
+        self,
+        manifest_path: str | Path,
+        view: ViewConfig | None,
+        task: TaskConfig,
+        view_name: str = "",
+        max_audio_s: float = 20.0,
+        context_turns: int = 0,
+        train: bool = False,
+        *,
+        mode: str = "AT",
+        context_sep: str = DEFAULT_SEP,
+        sampling_rate: int = SAMPLE_RATE,
+        rows: list[dict] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise UserError(f"model.mode={mode!r} is not one of {', '.join(MODES)}")
+        if not max_audio_s > 0:
+            raise UserError(f"config key 'data.max_audio_s': expected a positive number of seconds, got {max_audio_s}")
+        if context_turns < 0:
+            raise UserError(f"config key 'data.context_turns': expected >= 0, got {context_turns}")
+        self.manifest_path = Path(manifest_path)
+        self.view, self.view_name, self.task = view, view_name, task
+        self.mode, self.train = mode, bool(train)
+        self.max_audio_s, self.context_turns, self.sampling_rate = float(max_audio_s), int(context_turns), sampling_rate
+        self.use_audio, self.use_text = "A" in mode, "T" in mode
+        self.labels: list[str] = list(task.labels)
+        all_rows = rows if rows is not None else read_manifest(self.manifest_path)
+
+        selected = select_rows(all_rows, view)
+        keep, label_ids, self.dropped = task_label_ids(all_rows, selected, task)
+        if not keep:
+            raise UserError(self._empty_message(all_rows, len(selected)))
+
+        parts = self._text_parts(all_rows, keep, context_sep) if self.use_text else [("", "")] * len(keep)
+        base = self.manifest_path.parent
+        paths: list[Path | None] = [None] * len(keep)
+        n_samples = np.zeros(len(keep), dtype=np.int64)
+        if self.use_audio:
+            paths = self._audio_paths(all_rows, keep, base)
+            limit = int(round(self.max_audio_s * sampling_rate))
+            for j, (pos, path) in enumerate(zip(keep, paths, strict=True)):
+                n_samples[j] = min(_duration_samples(all_rows[pos], path, sampling_rate), limit)
+
+        skipped: Counter[str] = Counter()
+        self._rows: list[int] = []
+        for j in range(len(keep)):
+            has_text = bool(parts[j][1].strip()) if self.use_text else False
+            has_audio = bool(n_samples[j] > 0) if self.use_audio else False
+            if self.use_text and self.use_audio and not (has_text or has_audio):
+                skipped["no_audio_no_text"] += 1
+                continue
+            if self.use_text and not self.use_audio and not has_text:
+                skipped[EMPTY_TEXT] += 1
+                continue
+            if self.use_audio and not self.use_text and not has_audio:
+                skipped[EMPTY_AUDIO] += 1
+                continue
+            self._rows.append(j)
+        self.skipped: dict[str, int] = dict(sorted(skipped.items()))
+        if not self._rows:
+            raise UserError(f"{self._where()} has no row with usable input in mode {mode} (skipped: {self.skipped})")
+
+        r = self._rows
+        self.meta: list[dict] = [all_rows[keep[j]] for j in r]
+        self.ids: list[str] = [m["id"] for m in self.meta]
+        self.label_ids = np.asarray([label_ids[j] for j in r], dtype=np.int64)
+        self.paths: list[Path | None] = [paths[j] for j in r]
+        self.currents: list[str] = [parts[j][1] for j in r]
+        self.texts: list[str] = [f"{parts[j][0]}{context_sep}{parts[j][1]}" if parts[j][0] else parts[j][1] for j in r]
+        self.audio_present = np.asarray([self.use_audio and n_samples[j] > 0 for j in r], dtype=bool)
+        self.text_present = np.asarray([self.use_text and bool(parts[j][1].strip()) for j in r], dtype=bool)
+        self.audio_samples = n_samples[r]
+        self.lengths = (self.audio_samples.copy() if self.use_audio
+                        else np.asarray([len(t) for t in self.texts], dtype=np.int64))
+
+    # -- construction helpers --------------------------------------------------------------------------------
+    def _where(self) -> str:
+        name = f"view '{self.view_name}'" if self.view_name else "view"
+        return f"{name} ({describe_view(self.view)}) of {self.manifest_path}"
+
+    def _empty_message(self, rows: list[dict], n_selected: int) -> str:
+        if n_selected == 0:
+            hints = []
+            for f in ("split", "dataset", "domain"):
+                if self.view is not None and getattr(self.view, f) is not None:
+                    present = sorted({str(m.get(f)) for m in rows})
+                    hints.append(f"{f} values in the manifest: {', '.join(present[:20]) or 'none'}")
+            return f"{self._where()} selects no rows" + (f" ({'; '.join(hints)})" if hints else "")
+        return (f"{self._where()} selects {n_selected} rows but none has a task label: {self.task.source_field} "
+                f"values {self.dropped} are not among the task labels {self.labels} (check task.mapping)")
+
+    def _text_parts(self, rows: list[dict], keep: list[int], sep: str) -> list[tuple[str, str]]:
+        k = self.context_turns
+        if k > 0 and not any(r.get("dialogue_id") is not None for r in rows):
+            warnings.warn(f"data.context_turns={k}: {self.manifest_path} has no conversational rows with a "
+                          "dialogue_id, so no row gets context", UserWarning, stacklevel=3)
+        parts = context_parts(rows, k, sep)
+        return [parts[pos] for pos in keep]
+
+    def _audio_paths(self, rows: list[dict], keep: list[int], base: Path) -> list[Path]:
+        paths, missing = [], []
+        for pos in keep:
+            row = rows[pos]
+            rel = row.get("audio_path")
+            if not isinstance(rel, str) or not rel:
+                raise UserError(f"{self.manifest_path}: row {row['id']} has no audio_path (expected the WAV's path "
+                                "relative to the manifest's folder)")
+            path = base / rel
+            if not path.is_file():
+                missing.append((path, row["id"]))
+            paths.append(path)
+        if missing:
+            path, rid = missing[0]
+            more = f"; {len(missing) - 1} more of the view's {len(keep)} WAVs are missing too" if len(missing) > 1 else ""
+            raise UserError(f"{path}: audio file not found (manifest row {rid}, {self._where()}){more}")
+        return paths
+
+    # -- items -----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.label_ids, minlength=len(self.labels)).astype(np.int64)
+
+    def read_audio(self, i: int) -> np.ndarray:
+        """Row i's clip: random window in training, centre crop in evaluation (see `mer.data.audio`)."""
+        path = self.paths[i]
+        try:
+            return read_clip(path, self.max_audio_s, crop="random" if self.train else "center",
+                             target_sr=self.sampling_rate)
+        except FileNotFoundError:
+            raise UserError(f"{path}: audio file not found (manifest row {self.ids[i]})") from None
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot decode audio ({' '.join(str(exc).split())}); manifest row "
+                            f"{self.ids[i]}") from None
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} rows")
+        i %= len(self)
+        audio = None
+        if self.use_audio:
+            audio = self.read_audio(i) if self.audio_present[i] else np.zeros(0, dtype=np.float32)
+        return {
+            "audio": audio,
+            "text": self.texts[i],
+            "current": self.currents[i],
+            "label": int(self.label_ids[i]),
+            "index": i,
+            "audio_present": bool(self.audio_present[i]),
+            "text_present": bool(self.text_present[i]),
+        }
+
+
+class HFCollator:
+    """Items of `ManifestDataset` -> the batch dict of `HFAudioTextModel`:
+
+    - audio (modes A, AT): `input_values` [B, S] float32 and `attention_mask` [B, S] (right padding; each clip
+      normalised over its own samples by the feature extractor); a clip shorter than `min_audio_samples` (the
+      encoder's receptive field) is zero-padded up to it as real signal;
+    - text (modes T, AT): `input_ids` [B, L] and `text_attention_mask` [B, L], at most `max_text_tokens` tokens;
+      a text too long loses its OLDEST context first and keeps the current turn whole (`truncate_left`);
+    - always: `label` [B] int64, `index` [B] int64 (dataset positions), `audio_mask` / `text_mask` [B] bool
+      (False where the modality is absent or not used by the mode).
+    """
+
+    def __init__(self, feature_extractor=None, tokenizer=None, mode: str = "AT", max_text_tokens: int = 512,
+                 min_audio_samples: int = 0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if "A" in mode and feature_extractor is None:
+            raise ValueError(f"mode {mode} needs a feature extractor")
+        if "T" in mode and tokenizer is None:
+            raise ValueError(f"mode {mode} needs a tokenizer")
+        self.feature_extractor, self.tokenizer, self.mode = feature_extractor, tokenizer, mode
+        self.max_text_tokens, self.min_audio_samples = int(max_text_tokens), int(min_audio_samples)
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        from mer.models.hf_encoders import pad_token_ids, prepare_audio
+
+        batch = {
+            "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+            "audio_mask": torch.tensor([bool(it["audio_present"]) and "A" in self.mode for it in items]),
+            "text_mask": torch.tensor([bool(it["text_present"]) and "T" in self.mode for it in items]),
+        }
+        if "A" in self.mode:
+            waves = []
+            for it in items:
+                x = it["audio"]
+                if x.size < self.min_audio_samples:
+                    x = np.pad(x, (0, self.min_audio_samples - x.size))
+                waves.append(x)
+            enc = prepare_audio(self.feature_extractor, waves)
+            batch["input_values"], batch["attention_mask"] = enc["input_values"], enc["attention_mask"]
+        if "T" in self.mode:
+            ids = truncate_left(self.tokenizer, [it["text"] for it in items], self.max_text_tokens,
+                                [it["current"] for it in items])
+            enc = pad_token_ids(self.tokenizer, ids)
+            batch["input_ids"], batch["text_attention_mask"] = enc["input_ids"], enc["attention_mask"]
+        return batch
