@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mer_builder.demo import DEMO_MARKER, MELD_SPLITS, SENTENCES, DemoError, make_demo
+from mer_builder.demo import DEMO_MARKER, FOLLOW_UPS, MELD_SPLITS, SENTENCES, DemoError, make_demo
 from mer_builder.ffmpeg import ffmpeg_exe
 from mer_builder.tts import Prosody, TTSError, engine
 
@@ -159,8 +159,12 @@ def test_meld_csvs_have_the_real_header_quoting_and_times(demo):
 def test_meld_text_carries_the_emotion(demo):
     out, _ = demo
     rows = [r for s in MELD_SPLITS for r in _meld_rows(out / "MELD", s)]
+    follow_ups = {f.replace("\u2019", "'") for f in FOLLOW_UPS}
     for r in rows:
-        assert r["Utterance"].replace("\u2019", "'") in SENTENCES[r["Emotion"]]
+        text = r["Utterance"].replace("\u2019", "'")
+        sentence = next((s for s in SENTENCES[r["Emotion"]] if text.startswith(s)), None)
+        assert sentence is not None, text  # starts with one of its emotion's sentences
+        assert text[len(sentence):].strip() in follow_ups  # then at most an everyday follow-up
 
 
 def test_meld_clips_are_aac_48k_stereo_and_decode(demo):

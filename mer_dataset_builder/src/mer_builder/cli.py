@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (a rerun resumes where this one stopped)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

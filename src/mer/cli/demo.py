@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--speakers", type=int, default=10, help="demo RAVDESS actors (test and val get 2 each)")
     return parser
 
 
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if (raw / ".demo_done").is_file():
         print(f"up to date: {raw}")
     else:
-        _builder("make-demo", "--out", str(raw), "--seed", str(args.seed))
+        _builder("make-demo", "--out", str(raw), "--seed", str(args.seed), "--speakers", str(args.speakers),
+                 "--quiet")
         (raw / ".demo_done").write_text("ok\n")
     print(f"({time.perf_counter() - t0:.1f}s)")
 
