@@ -8,7 +8,6 @@ Batches are read with one fancy-index read per modality (`__getitems__`), never 
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from mer.features.memmap import MemmapStore, open_store
 from mer.features.store import FeatureStoreReader
 from mer.schema import TaskConfig, ViewConfig
 
-from .views import describe_view, select_rows
+from .task import empty_view_message, task_label_ids
+from .views import select_rows
 
-MISSING = "<missing>"  # the `.dropped` key of rows that have no value in the task's source field
 FeatureSource = MemmapStore | FeatureStoreReader
 
 
@@ -50,28 +49,11 @@ class FeatureDataset(Dataset):
         self.view_name = view_name
         self.task = task
         self.labels: list[str] = list(task.labels)
-        if len(set(self.labels)) != len(self.labels):
-            raise UserError(f"task labels must be unique, got {self.labels}")
-        label_to_id = {name: i for i, name in enumerate(self.labels)}
         meta = self.store.meta
         selected = select_rows(meta, view)
         self.n_selected = int(selected.size)
-
-        keep: list[int] = []
-        label_ids: list[int] = []
-        dropped: Counter[str] = Counter()
-        field, mapping = task.source_field, task.mapping
-        for pos in selected:
-            value = meta[pos].get(field)
-            mapped = mapping.get(value, value) if isinstance(value, str) else value
-            lid = label_to_id.get(mapped) if isinstance(mapped, str) else None
-            if lid is None:
-                dropped[MISSING if value is None else str(value)] += 1
-                continue
-            keep.append(int(pos))
-            label_ids.append(lid)
-        # source value -> number of rows of the view left out because it is not (mapped to) a task label
-        self.dropped: dict[str, int] = dict(sorted(dropped.items()))
+        keep, label_ids, self.dropped = task_label_ids(meta, selected, task)
+        # self.dropped: source value -> number of rows of the view left out: not (mapped to) a task label
         if not keep:
             raise UserError(self._empty_message(meta))
 
@@ -92,18 +74,8 @@ class FeatureDataset(Dataset):
 
     def _empty_message(self, meta: list[dict]) -> str:
         name = f"view '{self.view_name}'" if self.view_name else "view"
-        where = f"{name} ({describe_view(self.view)}) of {getattr(self.store, 'path', 'the store')}"
-        if self.n_selected == 0:
-            hints = []
-            for f in ("split", "dataset", "domain"):
-                if self.view is not None and getattr(self.view, f) is not None:
-                    present = sorted({str(m.get(f)) for m in meta})
-                    hints.append(f"{f} values in the store: {', '.join(present[:20]) or 'none'}")
-            return f"{where} selects no rows" + (f" ({'; '.join(hints)})" if hints else "")
-        return (
-            f"{where} selects {self.n_selected} rows but none has a task label: {self.task.source_field} "
-            f"values {self.dropped} are not among the task labels {self.labels} (check task.mapping)"
-        )
+        return empty_view_message(name, self.view, meta, self.n_selected, self.task, self.dropped,
+                                  str(getattr(self.store, "path", "the store")), "store")
 
     def __len__(self) -> int:
         return int(self.store_indices.size)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,34 +35,14 @@ from torch.utils.data import Dataset
 from mer.data.audio import SAMPLE_RATE, clip_samples, read_clip
 from mer.data.context import DEFAULT_SEP, context_parts, truncate_left
 from mer.data.manifest import read_manifest
+from mer.data.task import empty_view_message, task_label_ids
 from mer.data.views import describe_view, select_rows
 from mer.errors import UserError
 from mer.schema import TaskConfig, ViewConfig
 
-MISSING = "<missing>"  # the `.dropped` key of rows that have no value in the task's source field
 EMPTY_TEXT = "empty_text"
 EMPTY_AUDIO = "empty_audio"
 MODES = ("A", "T", "AT")
-
-
-def task_label_ids(rows: Sequence[dict], positions: Sequence[int], task: TaskConfig) -> tuple[list[int], list[int],
-                                                                                             dict[str, int]]:
-    """Map rows into the task: (kept positions, their label ids, {source value: rows left out})."""
-    labels = list(task.labels)
-    if len(set(labels)) != len(labels):
-        raise UserError(f"task labels must be unique, got {labels}")
-    label_to_id = {name: i for i, name in enumerate(labels)}
-    keep, ids, dropped = [], [], Counter()
-    for pos in positions:
-        value = rows[pos].get(task.source_field)
-        mapped = task.mapping.get(value, value) if isinstance(value, str) else value
-        lid = label_to_id.get(mapped) if isinstance(mapped, str) else None
-        if lid is None:
-            dropped[MISSING if value is None else str(value)] += 1
-            continue
-        keep.append(int(pos))
-        ids.append(lid)
-    return keep, ids, dict(sorted(dropped.items()))
 
 
 def _duration_samples(row: dict, path: Path, sr: int) -> int:
@@ -163,15 +142,9 @@ class ManifestDataset(Dataset):
         return f"{name} ({describe_view(self.view)}) of {self.manifest_path}"
 
     def _empty_message(self, rows: list[dict], n_selected: int) -> str:
-        if n_selected == 0:
-            hints = []
-            for f in ("split", "dataset", "domain"):
-                if self.view is not None and getattr(self.view, f) is not None:
-                    present = sorted({str(m.get(f)) for m in rows})
-                    hints.append(f"{f} values in the manifest: {', '.join(present[:20]) or 'none'}")
-            return f"{self._where()} selects no rows" + (f" ({'; '.join(hints)})" if hints else "")
-        return (f"{self._where()} selects {n_selected} rows but none has a task label: {self.task.source_field} "
-                f"values {self.dropped} are not among the task labels {self.labels} (check task.mapping)")
+        name = f"view '{self.view_name}'" if self.view_name else "view"
+        return empty_view_message(name, self.view, rows, n_selected, self.task, self.dropped, str(self.manifest_path),
+                                  "manifest")
 
     def _text_parts(self, rows: list[dict], keep: list[int], sep: str) -> list[tuple[str, str]]:
         k = self.context_turns

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, Dataset, SequentialSampler
@@ -24,6 +25,8 @@ def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name
     loader = make_loader(dataset, batch_sampler, collate_fn, num_workers)
     idx, y_true, probs, loss = predict(model.to(device), loader, device, precision, progress=progress,
                                        desc=f"eval {view_name}")
+    order = np.argsort(idx, kind="stable")  # predictions.csv in dataset order, whatever the batch order
+    idx, y_true, probs = idx[order], y_true[order], probs[order]
     ids = [dataset.ids[i] for i in idx]
     info = {"loss": loss, "rows_outside_task": dict(getattr(dataset, "dropped", {}) or {})}
     return write_eval_outputs(out_dir, ids=ids, y_true=y_true, probs=probs, labels=list(dataset.labels),
