@@ -26,7 +26,7 @@ from mer.evaluation.metrics import compute_metrics
 from mer.evaluation.reports import plot_curves
 from mer.features.memmap import open_store
 from mer.runtime import resolve_precision, seed_everything, select_device
-from mer.training.loop import Trainer, init_from_checkpoint
+from mer.training.loop import Trainer, init_from_checkpoint, split_lr_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
 
+    split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
     run_dir = make_run_dir(cfg.run.output_root, cfg.run.name, resume=args.resume)
     if args.resume:
         check_resume_compatible(loaded, run_dir)

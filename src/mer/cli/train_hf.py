@@ -13,13 +13,11 @@ run's own files, so it needs neither the hub nor the original encoder folders.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import RandomSampler
 
 from mer.cli.common import print_eval_table
@@ -51,7 +49,7 @@ from mer.models.hf_encoders import encoder_fingerprint
 from mer.runtime import resolve_precision, seed_everything, select_device
 from mer.schema import ExperimentConfig
 from mer.training.checkpoint import load_checkpoint
-from mer.training.loop import Trainer, init_from_checkpoint
+from mer.training.loop import Trainer, init_from_checkpoint, split_lr_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,23 +74,6 @@ def check_config(cfg: ExperimentConfig) -> None:
     if cfg.data.bucket_batches < 1:
         raise UserError(f"config key 'data.bucket_batches': expected >= 1 (1 = random batches), got "
                         f"{cfg.data.bucket_batches}")
-
-
-def effective_lr_overrides(model: nn.Module, overrides: dict[str, float]) -> tuple[dict[str, float], list[str]]:
-    """`train.lr_overrides` without the prefixes that only name frozen parameters (e.g. the encoders' rates
-    inherited by a `freeze: all` stage): (kept, ignored). A prefix naming no parameter at all is an error."""
-    names = [(n, p.requires_grad) for n, p in model.named_parameters()]
-    kept, ignored = {}, []
-    for prefix, lr in overrides.items():
-        if any(n.startswith(prefix) and g for n, g in names):
-            kept[prefix] = lr
-        elif any(n.startswith(prefix) for n, _ in names):
-            ignored.append(prefix)
-        else:
-            known = ", ".join(getattr(model, "param_group_prefixes", dict)() or [])
-            raise UserError(f"config key 'train.lr_overrides.{prefix}': no parameter name starts with it "
-                            f"(this model's prefixes: {known})")
-    return kept, ignored
 
 
 def _encoder_info(cfg: ExperimentConfig, enc: HFEncoders) -> dict:
@@ -156,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.train.init_from and not args.resume:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
-    overrides, ignored = effective_lr_overrides(model, cfg.train.lr_overrides)
+    split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
     collator = make_collator(cfg, encoders)
 
     if run_dir is None:
@@ -169,16 +150,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['total_params']:,} (freeze: {cfg.model.hf.freeze})")
     for name, info in enc_info.items():
         print(f"{name + ' encoder':<13} {info['source']}")
-    for prefix in ignored:
-        print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen (model.hf.freeze: "
-              f"{cfg.model.hf.freeze})")
     for ds in (train_set, val_set, *eval_sets.values()):
         if ds.skipped:
             print(f"view {ds.view_name}: skipped rows without input in mode {cfg.model.mode}: {ds.skipped}")
     print(_padding_line(train_set, cfg.data.batch_size, cfg.data.bucket_batches, cfg.run.seed))
 
-    train_cfg = dataclasses.replace(cfg.train, lr_overrides=overrides)
-    trainer = Trainer(model, train_set, val_set, train_cfg, run_dir=run_dir, labels=labels, mode=cfg.model.mode,
+    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir=run_dir, labels=labels, mode=cfg.model.mode,
                       device=device, precision=precision,
                       metrics_fn=lambda yt, yp: compute_metrics(yt, yp, labels),
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,

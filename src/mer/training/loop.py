@@ -55,26 +55,37 @@ def move_to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def split_lr_overrides(model: nn.Module, overrides: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """`train.lr_overrides` checked against the model: (the prefixes that name trainable parameters, the prefixes
+    that name only frozen ones — e.g. encoder rates inherited by a stage that freezes the encoders — to ignore).
+    A prefix that names no parameter at all is an error listing the model's prefixes. Entry points call it
+    before creating the run directory, so a typo writes nothing."""
+    names = [(n, p.requires_grad) for n, p in model.named_parameters()]
+    kept, ignored = {}, []
+    for prefix, lr in overrides.items():
+        if any(n.startswith(prefix) and trainable for n, trainable in names):
+            kept[prefix] = lr
+        elif any(n.startswith(prefix) for n, _ in names):
+            ignored.append(prefix)
+        else:
+            known = getattr(model, "param_group_prefixes", None)
+            hint = f" (this model's prefixes: {', '.join(known())})" if callable(known) else ""
+            raise UserError(f"config key 'train.lr_overrides.{prefix}': no parameter name starts with it{hint}")
+    return kept, ignored
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_overrides: dict[str, float]) -> list[dict]:
     """AdamW groups: no weight decay for biases, norms and embeddings (tensors of < 2 dims); per-prefix learning
-    rates from `lr_overrides` (the longest matching parameter-name prefix wins)."""
+    rates from `lr_overrides` (the longest matching parameter-name prefix wins; see `split_lr_overrides`)."""
+    kept, _ = split_lr_overrides(model, lr_overrides)
+    prefixes = sorted(kept, key=len, reverse=True)
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    prefixes = sorted(lr_overrides, key=len, reverse=True)
-    used = set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        group_lr = lr
-        for prefix in prefixes:
-            if name.startswith(prefix):
-                group_lr = lr_overrides[prefix]
-                used.add(prefix)
-                break
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
         decay = param.ndim >= 2 and "embed" not in name.lower()
-        groups.setdefault((group_lr, decay), []).append(param)
-    unused = [p for p in lr_overrides if p not in used]
-    if unused:
-        raise UserError(f"config key 'train.lr_overrides.{unused[0]}': no trainable parameter name starts with it")
+        groups.setdefault((kept[prefix] if prefix else lr, decay), []).append(param)
     if not groups:
         raise UserError("the model has no trainable parameters")
     return [{"params": ps, "lr": g_lr, "weight_decay": weight_decay if decay else 0.0}
@@ -140,6 +151,8 @@ class Trainer:
         self.sampler = build_sampler(train_labels, datasets, cfg.sampler, self.sample_gen)
         self.steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / cfg.grad_accum)
 
+        for prefix in split_lr_overrides(model, cfg.lr_overrides)[1]:
+            print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen")
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_overrides),
                                            lr=cfg.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, cfg.epochs, cfg.lr)
