@@ -18,27 +18,19 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mer.models.blocks import GatedFusion, ModalityProjection, SwiGLU, ffn_hidden, modality_input
-from mer.models.registry import MODE_MODALITIES, register
+from mer.models.blocks import GatedFusion, SwiGLU, ffn_hidden
+from mer.models.feature_model import FeatureModel
+from mer.models.registry import register
 from mer.schema import ModelConfig
 
 
 @register("flexible_at")
-class FlexibleATModel(nn.Module):
+class FlexibleATModel(FeatureModel):
     """Feature-level A / T / A+T classifier with gated fusion; forward(batch) -> logits [B, n_classes]."""
 
     def __init__(self, cfg: ModelConfig, n_classes: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.mode = cfg.mode
-        self.modalities = MODE_MODALITIES[cfg.mode]
-        self.n_classes = n_classes
+        super().__init__(cfg, n_classes, activation=True)
         hidden = cfg.hidden_dim
-        self.dims = {m: int(getattr(cfg, f"{m}_dim")) for m in self.modalities}
-        if "audio" in self.modalities:
-            self.audio_proj = ModalityProjection(self.dims["audio"], hidden, cfg.dropout, activation=True)
-        if "text" in self.modalities:
-            self.text_proj = ModalityProjection(self.dims["text"], hidden, cfg.dropout, activation=True)
         self.fusion = GatedFusion(hidden, hidden, hidden) if len(self.modalities) == 2 else None
         self.head = nn.Sequential(
             nn.LayerNorm(hidden),
@@ -49,12 +41,9 @@ class FlexibleATModel(nn.Module):
     def forward(self, batch: dict) -> Tensor:
         dtype = self.head[-1].weight.dtype
         if self.fusion is not None:
-            a, am = modality_input(batch, "audio", self.dims["audio"], dtype)
-            t, tm = modality_input(batch, "text", self.dims["text"], dtype)
-            h = self.fusion(self.audio_proj(a), self.text_proj(t), am, tm)
+            (a, am), (t, tm) = self.project(batch, "audio", dtype), self.project(batch, "text", dtype)
+            h = self.fusion(a, t, am, tm)
         else:
-            modality = self.modalities[0]
-            x, mask = modality_input(batch, modality, self.dims[modality], dtype)
-            proj = self.audio_proj if modality == "audio" else self.text_proj
-            h = proj(x) * mask.unsqueeze(-1).to(dtype)
+            h, mask = self.project(batch, self.modalities[0], dtype)
+            h = h * mask.unsqueeze(-1).to(dtype)
         return self.head(h)

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from mer.errors import UserError
-from mer.models.blocks import ModalityProjection, TransformerBlock, modality_input
-from mer.models.registry import MODE_MODALITIES, register
+from mer.models.blocks import TransformerBlock
+from mer.models.feature_model import FeatureModel
+from mer.models.registry import register
 from mer.schema import ModelConfig
 
 
@@ -71,32 +72,18 @@ class CLSTokenFusion(nn.Module):
 
 
 @register("robust_at")
-class RobustATModel(nn.Module):
+class RobustATModel(FeatureModel):
     """Token-level A / T / A+T classifier robust to a missing modality; forward(batch) -> logits [B, n_classes]."""
 
     def __init__(self, cfg: ModelConfig, n_classes: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.mode = cfg.mode
-        self.modalities = MODE_MODALITIES[cfg.mode]
-        self.n_classes = n_classes
-        hidden = cfg.hidden_dim
-        self.dims = {m: int(getattr(cfg, f"{m}_dim")) for m in self.modalities}
-        if "audio" in self.modalities:
-            self.audio_proj = ModalityProjection(self.dims["audio"], hidden, cfg.dropout, activation=False)
-        if "text" in self.modalities:
-            self.text_proj = ModalityProjection(self.dims["text"], hidden, cfg.dropout, activation=False)
+        super().__init__(cfg, n_classes, activation=False)
         f = cfg.fusion
-        self.fusion = CLSTokenFusion(hidden, len(self.modalities), f.layers, f.heads, f.dropout, f.ffn_mult)
-        self.head = nn.Linear(hidden, n_classes)
+        self.fusion = CLSTokenFusion(cfg.hidden_dim, len(self.modalities), f.layers, f.heads, f.dropout, f.ffn_mult)
+        self.head = nn.Linear(cfg.hidden_dim, n_classes)
 
     def forward(self, batch: dict) -> Tensor:
         dtype = self.head.weight.dtype
-        tokens, present = [], []
-        for modality in self.modalities:
-            x, mask = modality_input(batch, modality, self.dims[modality], dtype)
-            proj = self.audio_proj if modality == "audio" else self.text_proj
-            tokens.append(proj(x))
-            present.append(mask)
-        cls = self.fusion(torch.stack(tokens, dim=1), torch.stack(present, dim=1))
-        return self.head(cls)
+        projected = [self.project(batch, m, dtype) for m in self.modalities]
+        tokens = torch.stack([h for h, _ in projected], dim=1)
+        present = torch.stack([mask for _, mask in projected], dim=1)
+        return self.head(self.fusion(tokens, present))
