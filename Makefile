@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml mer_dataset_builder/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]" -e "./mer_dataset_builder[dev]"
 	touch $(STAMP)
 

@@ -1,7 +1,9 @@
 """`make demo`: the main job end to end on the built-in default, a generated demo corpus (no download).
 
 generate raw RAVDESS + MELD demo corpora (synthesized speech) -> build and validate the manifest -> MFCC + hashed
-text features -> memmap -> train and evaluate FlexibleAT and RobustAT -> results on TestA (acted) and TestB (MELD).
+text features -> memmap -> train and evaluate FlexibleAT and RobustAT -> end-to-end training of a tiny local WavLM
+with the real MiniLM text encoder (a tiny RoBERTa when its package is absent) -> results on TestA (acted) and TestB
+(MELD) collected into one comparison table.
 
 Every step is skipped when its output is already there, so a rerun only redoes what is missing. The dataset
 builder is a separate project: it is run as `python -m mer_builder` (MER meets it only at the manifest file).
@@ -10,17 +12,18 @@ builder is a separate project: it is run as `python -m mer_builder` (MER meets i
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from mer.cli import extract_features, train
+from mer.cli import collect_results, extract_features, train, train_hf
 from mer.errors import UserError
+from mer.models.tiny_encoders import make_tiny_roberta, make_tiny_wavlm, minilm_path
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-DEMO_RUNS = [("demo_flexible_at", "demo_flexible_at.yaml"), ("demo_robust_at", "demo_robust_at.yaml")]
+FEATURE_RUNS = [("demo_flexible_at", "demo_flexible_at.yaml"), ("demo_robust_at", "demo_robust_at.yaml")]
+EVAL_VIEWS = ("testA", "testB")
 
 
 def _step(title: str) -> float:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = ["--jobs", str(args.jobs)] if args.jobs else []
 
     raw, dataset = out / "raw", out / "dataset"
-    t0 = _step("1/4 demo corpus (RAVDESS + MELD layouts, synthesized speech)")
+    t0 = _step("1/6 demo corpus (RAVDESS + MELD layouts, synthesized speech)")
     if (raw / ".demo_done").is_file():
         print(f"up to date: {raw}")
     else:
@@ -59,44 +62,59 @@ def main(argv: list[str] | None = None) -> int:
         (raw / ".demo_done").write_text("ok\n")
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("2/4 manifest: normalize to 16 kHz mono, speaker-disjoint splits, validate")
+    t0 = _step("2/6 manifest: normalize to 16 kHz mono, speaker-disjoint splits, validate")
     manifest = dataset / "meta_manifest.jsonl"
     _builder("build", "--datasets", "ravdess,meld", "--raw-root", str(raw), "--out", str(dataset),
              "--seed", str(args.seed), "--ratios", "0.6,0.2,0.2", "--quiet", *jobs)
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("3/4 features: MFCC mean+std + hashed bag-of-words -> store -> memmap")
+    t0 = _step("3/6 features: MFCC mean+std + hashed bag-of-words -> store -> memmap")
     store, memmap = out / "features" / "mfcc_hash", out / "features" / "mfcc_hash_mm"
     rc = extract_features.main(["--manifest", str(manifest), "--out", str(store), "--memmap", str(memmap), *jobs])
     if rc:
         return rc
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("4/4 train + evaluate FlexibleAT and RobustAT (TestA = acted test, TestB = MELD test)")
-    results = {}
-    for run_name, config in DEMO_RUNS:
-        run_dir = out / "runs" / run_name
-        if all((run_dir / f"eval_{v}" / "metrics_eval.json").is_file() for v in ("testA", "testB")):
-            print(f"up to date: {run_dir}")
-        else:
-            overrides = [f"data.store={memmap}", f"run.output_root={out / 'runs'}", f"run.name={run_name}",
-                         "train.progress=false"]
-            resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
-            rc = train.main(["--config", str(CONFIGS / config), "--set", *overrides, *resume])
-            if rc:
-                return rc
-        for view in ("testA", "testB"):
-            results[(run_name, view)] = json.loads((run_dir / f"eval_{view}" / "metrics_eval.json").read_text())
+    t0 = _step("4/6 train + evaluate FlexibleAT and RobustAT (TestA = acted test, TestB = MELD test)")
+    for run_name, config in FEATURE_RUNS:
+        rc = _train_once(train.main, out / "runs" / run_name, config, [f"data.store={memmap}"])
+        if rc:
+            return rc
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    print(f"\n{'run':<20} {'eval':<6} {'n':>5} {'acc':>7} {'macro_f1':>9} {'wf1':>7} {'uar':>7}")
-    for (run_name, view), m in results.items():
-        print(f"{run_name:<20} {view:<6} {m['n']:>5} {m['acc']:>7.4f} {m['macro_f1']:>9.4f} "
-              f"{m['weighted_f1']:>7.4f} {m['uar']:>7.4f}")
-    print(f"\nchance macro-F1 is about {1 / 7:.3f} (7 classes). Plots: {out / 'runs' / '*' / 'plots'}, "
-          f"confusion matrices: {out / 'runs' / '*' / 'eval_*'}")
-    print(f"demo finished in {time.perf_counter() - t_start:.0f}s; rerun skips what is done.")
+    minilm = minilm_path()
+    text_encoder = str(minilm) if minilm else str(make_tiny_roberta(out / "encoders" / "tiny_roberta"))
+    e2e_name = "demo_e2e_minilm" if minilm else "demo_e2e_tiny"
+    t0 = _step(f"5/6 end-to-end: tiny random WavLM + {'the real MiniLM' if minilm else 'a tiny random RoBERTa'} "
+               "text encoder fine-tuned with the fusion head, from the WAVs and transcripts")
+    audio_encoder = make_tiny_wavlm(out / "encoders" / "tiny_wavlm")
+    text_lr = 5e-5 if minilm else 1e-3  # a pretrained encoder is fine-tuned gently, a random one learns
+    overrides = [f"data.manifest={manifest}", f"model.hf.audio_encoder={audio_encoder}",
+                 f"model.hf.text_encoder={text_encoder}",
+                 f"train.lr_overrides={{audio_encoder.: 1.0e-3, text_encoder.: {text_lr}}}"]
+    rc = _train_once(train_hf.main, out / "runs" / e2e_name, "demo_e2e.yaml", overrides)
+    if rc:
+        return rc
+    print(f"({time.perf_counter() - t0:.1f}s)")
+
+    _step("6/6 results (scripts/collect_results.py)")
+    rc = collect_results.main([str(out / "runs")])
+    if rc:
+        return rc
+    print(f"\nchance macro-F1 is about {1 / 7:.3f} (7 classes). Per run: {out / 'runs'}/<run>/plots/ (curves), "
+          f"eval_testA/ and eval_testB/ (confusion matrices, predictions.csv, metrics_eval.json)")
+    print(f"demo finished in {time.perf_counter() - t_start:.0f}s; a rerun skips what is done.")
     return 0
+
+
+def _train_once(entry_main, run_dir: Path, config: str, overrides: list[str]) -> int:
+    """Train + evaluate one demo run unless its evaluations exist; a run cut short is resumed."""
+    if all((run_dir / f"eval_{v}" / "metrics_eval.json").is_file() for v in EVAL_VIEWS):
+        print(f"up to date: {run_dir}")
+        return 0
+    overrides = [*overrides, f"run.output_root={run_dir.parent}", f"run.name={run_dir.name}", "train.progress=false"]
+    resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+    return entry_main(["--config", str(CONFIGS / config), "--set", *overrides, *resume])
 
 
 if __name__ == "__main__":
