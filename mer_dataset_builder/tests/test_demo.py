@@ -197,6 +197,61 @@ def test_same_seed_gives_identical_files_whatever_the_workers(demo, tmp_path):
     assert a.keys() == b.keys() and all(a[k] != b[k] for k in a if k != DEMO_MARKER)
 
 
+# ------------------------------------------------------------------------------------------- IEMOCAP
+
+
+@pytest.fixture(scope="module")
+def demo_iemocap(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_iemocap")
+    summary = make_demo(out, seed=3, workers=2, iemocap=True, iemocap_turns=8, **SMALL)
+    return out, summary
+
+
+def test_iemocap_option_writes_the_full_release_layout_that_the_parser_reads(demo_iemocap):
+    out, summary = demo_iemocap
+    root = out / "IEMOCAP"
+    wavs = sorted(root.glob("Session*/sentences/wav/*/*.wav"))
+    assert len(wavs) == summary["corpora"]["IEMOCAP"]["clips"] == 5 * 2 * 8
+    for wav in wavs[:5]:
+        info = sf.info(wav)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert summary["corpora"]["IEMOCAP"]["speakers"] == [f"Ses0{n}_{g}" for n in range(1, 6) for g in "FM"]
+    evals = (root / "Session2" / "dialog" / "EmoEvaluation" / "Ses02M_script01_1.txt").read_text()
+    assert evals.startswith("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n")
+    assert re.search(r"^\[\d+\.\d{4} - \d+\.\d{4}\]\tSes02M_script01_1_F000\t(neu|hap|exc|sad|ang|fru)\t"
+                     r"\[\d\.\d{4}, \d\.\d{4}, \d\.\d{4}\]$", evals, re.M)
+    assert re.search(r"^C-E1:\t\w+;\t\(\)$", evals, re.M) and re.search(r"^A-E1:\tval \d; act \d; dom  \d;", evals, re.M)
+    trans = (root / "Session2" / "dialog" / "transcriptions" / "Ses02M_script01_1.txt").read_text().splitlines()
+    assert re.fullmatch(r"Ses02M_script01_1_MXX0 \[\d{3}\.\d{4}-\d{3}\.\d{4}\]: Okay\.", trans[-1])
+
+    from mer_builder.prepare.parsers import parse_corpus
+
+    items, report = parse_corpus("iemocap", root)
+    assert report.skipped == [] and sum(report.dropped.values()) == 5 * 2  # one fru turn per speaker
+    assert len(items) == 5 * 2 * 7
+    by_speaker = defaultdict(list)
+    for it in items:
+        by_speaker[it.speaker].append(it)
+    assert sorted(by_speaker) == [f"IEMOCAP/Ses0{n}_{g}" for n in range(1, 6) for g in "FM"]
+    for speaker_items in by_speaker.values():  # every IEMOCAP-4 class for every speaker (session folds)
+        assert {it.source_label for it in speaker_items} == {"neu", "hap", "exc", "sad", "ang"}
+    texts = {line.split(" [")[0]: line.split("]: ", 1)[1] for line in trans}
+    for it in items:
+        assert it.domain == "conversational" and it.text and 1 <= it.valence <= 5
+        if it.dialogue_id == "IEMOCAP/Ses02M_script01_1":
+            assert it.text == texts[it.source_path.stem]
+    # turn = position by start time: the two speakers alternate, the dialog's own letter first
+    # (positions count every evaluated turn, the dropped fru ones too)
+    for it in items:
+        m = re.fullmatch(r"Ses0\d([FM])_.+_([FM])(\d{3})", it.source_path.stem)
+        assert it.turn == 2 * int(m.group(3)) + (m.group(1) != m.group(2)), it.id
+
+
+def test_iemocap_option_leaves_ravdess_and_meld_unchanged(demo, demo_iemocap):
+    for name in ("RAVDESS", "MELD"):
+        assert _hashes(demo_iemocap[0] / name) == _hashes(demo[0] / name)
+
+
 def test_small_configuration_is_quick(demo):
     assert demo[1]["seconds"] < 60
 
@@ -236,6 +291,8 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         make_demo(tmp_path, n_speakers=0)
     with pytest.raises(DemoError, match=r"meld_turns must be \(min, max\)"):
         make_demo(tmp_path, meld_turns=(5, 2))
+    with pytest.raises(DemoError, match="iemocap_turns must be between 1 and 10"):
+        make_demo(tmp_path, iemocap=True, iemocap_turns=0)
 
 
 # ---------------------------------------------------------------------------------------------- tts

@@ -266,7 +266,8 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
         raise BuildError(f"the demo corpus generator is not available ({exc})") from None
     out = Path(args.out).expanduser()
     try:
-        result = make_demo(out, seed=args.seed, n_speakers=args.speakers, faults=args.faults, progress=not args.quiet)
+        result = make_demo(out, seed=args.seed, n_speakers=args.speakers, faults=args.faults, iemocap=args.iemocap,
+                           progress=not args.quiet)
     except DemoError as exc:
         raise BuildError(str(exc)) from None
     corpora = result.get("corpora", {}) if isinstance(result, dict) else {}
@@ -338,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical files (default 0)")
     d.add_argument("--speakers", type=int, default=6, help="RAVDESS demo actors (default 6)")
     d.add_argument("--faults", action="store_true", help="add the known faults of real copies (corrupt clip, ...)")
+    d.add_argument("--iemocap", action="store_true",
+                   help="also write a small IEMOCAP (full-release layout, 5 sessions x 2 speakers) for session CV")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_make_demo)
 

@@ -4,6 +4,11 @@
 statements) and `out/MELD/` (the three CSVs with the real header, quoting and time format; AAC-in-MP4
 clips, 48 kHz stereo, in `train_splits/`, `dev_splits_complete/`, `output_repeated_splits_test/`). MELD
 turns are emotion-bearing sentences from a small bank per emotion, so the text carries signal too.
+With `iemocap=True` it also writes `out/IEMOCAP/` in the full-release layout (DATASETS.md): five sessions of
+one dialog between two speakers each, `Session{n}/sentences/wav/{dialog}/{turn}.wav` (16 kHz mono PCM16),
+`Session{n}/dialog/EmoEvaluation/{dialog}.txt` (summary line with V/A/D, then per-rater `C-`/`A-` lines) and
+`Session{n}/dialog/transcriptions/{dialog}.txt` (with one line for a turn without audio, `_MXX0`), so that
+session cross-validation runs on it.
 
 Prosody depends on the emotion (rate, volume, pitch, pitch range, word gap), with a base pitch per
 speaker and random jitter per utterance: the audio carries a learnable but not trivial signal.
@@ -149,6 +154,23 @@ MELD_CAST = {  # speaker -> (voice, base pitch): variants not used by the RAVDES
 }
 
 
+IEMOCAP_RATE = 16_000
+# IEMOCAP label -> (7-class emotion whose prosody and sentences it borrows, prosody strength, rater category,
+# mean V/A/D). fru and xxx are in the mix because real dialogs have them (the builder drops them by default).
+IEMOCAP_LABELS: dict[str, tuple[str, float, str, tuple[float, float, float]]] = {
+    "neu": ("neutral", 1.0, "Neutral", (3.0, 2.5, 2.5)),
+    "hap": ("joy", 1.0, "Happiness", (4.0, 3.0, 3.0)),
+    "exc": ("joy", 1.4, "Excited", (4.0, 4.0, 3.5)),
+    "sad": ("sadness", 1.0, "Sadness", (1.5, 2.0, 2.0)),
+    "ang": ("anger", 1.0, "Anger", (1.5, 4.0, 4.0)),
+    "fru": ("anger", 0.6, "Frustration", (2.0, 3.5, 3.5)),
+    "xxx": ("neutral", 0.5, "Other", (2.5, 3.0, 3.0)),
+}
+# the labels each speaker's turns are drawn from, in turn, after a shuffle: every IEMOCAP-4 class per speaker
+IEMOCAP_TURN_LABELS = ("neu", "hap", "exc", "sad", "ang", "neu", "sad", "fru", "ang", "xxx")
+IEMOCAP_EVAL_HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+
+
 class DemoError(Exception):
     """The demo corpus cannot be written (one line naming the folder or tool)."""
 
@@ -259,6 +281,48 @@ def _plan_meld(
     return plan, rows
 
 
+def _iemocap_dialog(session: int) -> str:
+    """Odd sessions an improvisation led by the woman, even ones a script led by the man (the letter in
+    `Ses01F` is the dialog's, not the speaker's)."""
+    return f"Ses{session:02d}F_impro01" if session % 2 else f"Ses{session:02d}M_script01_1"
+
+
+def _plan_iemocap(rng: np.random.Generator, turns_per_speaker: int) -> tuple[list[Utterance], list[dict]]:
+    """Five sessions, one dialog each between a woman (F) and a man (M) taking turns; each speaker's labels are a
+    shuffle of the first `turns_per_speaker` of IEMOCAP_TURN_LABELS."""
+    plan: list[Utterance] = []
+    rows: list[dict] = []
+    for session in range(1, 6):
+        dialog = _iemocap_dialog(session)
+        accent = ACCENTS[(session - 1) % len(ACCENTS)]
+        voices = {
+            "F": (f"{accent}+{FEMALE_VARIANTS[session % len(FEMALE_VARIANTS)]}", float(rng.uniform(50, 62))),
+            "M": (f"{accent}+{MALE_VARIANTS[session % len(MALE_VARIANTS)]}", float(rng.uniform(38, 50))),
+        }
+        labels = {who: list(rng.permutation(IEMOCAP_TURN_LABELS[:turns_per_speaker])) for who in ("F", "M")}
+        first = dialog[5]
+        order = [first if i % 2 == 0 else ("M" if first == "F" else "F") for i in range(2 * turns_per_speaker)]
+        count = {"F": 0, "M": 0}
+        for who in order:
+            label = str(labels[who][count[who]])
+            turn = f"{dialog}_{who}{count[who]:03d}"
+            count[who] += 1
+            emotion, strength, category, vad = IEMOCAP_LABELS[label]
+            voice, base = voices[who]
+            text = str(rng.choice(SENTENCES[emotion]))
+            rel = f"Session{session}/sentences/wav/{dialog}/{turn}.wav"
+            plan.append(Utterance(
+                corpus="IEMOCAP", rel_path=rel, text=text, voice=voice,
+                prosody=_prosody(emotion, base, rng, strength), label=label, seed=int(rng.integers(2**31)),
+            ))
+            rows.append({
+                "session": session, "dialog": dialog, "turn": turn, "rel_path": rel, "text": text, "label": label,
+                "category": category, "vad": tuple(float(np.clip(v + rng.choice([-0.5, 0.0, 0.5]), 1, 5)) for v in vad),
+                "gap": float(rng.uniform(0.2, 1.2)),
+            })
+    return plan, rows
+
+
 # ------------------------------------------------------------------------------------------ rendering
 def _finish(samples: np.ndarray, rate: int, seed: int, corpus: str) -> np.ndarray:
     """Pad with room-tone silence, apply a random recording gain and a noise floor; float32 in [-1, 1]."""
@@ -279,9 +343,9 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.round(x * 32767.0).astype(np.int16)
 
 
-def _write_wav(path: Path, audio48: np.ndarray) -> None:
+def _write_wav(path: Path, audio: np.ndarray, rate: int = OUT_RATE) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(tmp, _to_int16(audio48), OUT_RATE, subtype="PCM_16", format="WAV")
+    sf.write(tmp, _to_int16(audio), rate, subtype="PCM_16", format="WAV")
     os.replace(tmp, path)
 
 
@@ -316,11 +380,15 @@ def _render_group(job: tuple[str, list[Utterance]]) -> list[tuple[str, float]]:
         if speech.size < tts.sample_rate // 10:
             raise DemoError(f"espeak-ng produced no speech for {u.rel_path}")
         audio = _finish(speech, tts.sample_rate, u.seed, u.corpus)
-        audio48 = soxr.resample(audio, tts.sample_rate, OUT_RATE, quality="HQ").astype(np.float32)
+        rate = IEMOCAP_RATE if u.corpus == "IEMOCAP" else OUT_RATE
+        audio = soxr.resample(audio, tts.sample_rate, rate, quality="HQ").astype(np.float32)
         path = Path(root) / u.corpus / u.rel_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        (_write_wav if u.corpus == "RAVDESS" else _write_mp4)(path, audio48)
-        done.append((u.rel_path, audio48.size / OUT_RATE))
+        if u.corpus == "MELD":
+            _write_mp4(path, audio)
+        else:
+            _write_wav(path, audio, rate)
+        done.append((u.rel_path, audio.size / rate))
     return done
 
 
@@ -351,6 +419,31 @@ def _write_meld_csvs(meld: Path, rows: list[dict], durations: dict[str, float], 
         tmp = meld / f".{csv_name}.tmp"
         tmp.write_bytes(buf.getvalue().encode(encoding))
         os.replace(tmp, meld / csv_name)
+
+
+def _write_iemocap_texts(iemocap: Path, rows: list[dict], durations: dict[str, float]) -> None:
+    """Per dialog: `dialog/EmoEvaluation/{dialog}.txt` and `dialog/transcriptions/{dialog}.txt`, times in seconds
+    from the dialog's start, in the real line formats."""
+    by_dialog: dict[tuple[int, str], list[dict]] = {}
+    for row in rows:
+        by_dialog.setdefault((row["session"], row["dialog"]), []).append(row)
+    for (session, dialog), turns in by_dialog.items():
+        evals, trans, clock = [IEMOCAP_EVAL_HEADER], [], 2.0 + turns[0]["gap"] * 5
+        for row in turns:
+            start, end = clock, clock + durations[row["rel_path"]]
+            clock = end + row["gap"]
+            v, a, d = row["vad"]
+            evals.append(f"[{start:.4f} - {end:.4f}]\t{row['turn']}\t{row['label']}\t[{v:.4f}, {a:.4f}, {d:.4f}]\n")
+            evals.extend(f"C-E{k}:\t{row['category']};\t()\n" for k in (1, 2, 4))
+            evals.append(f"A-E1:\tval {round(v)}; act {round(a)}; dom  {round(d)};\t()\n\n")
+            trans.append(f"{row['turn']} [{start:08.4f}-{end:08.4f}]: {row['text']}\n")
+        trans.append(f"{dialog}_MXX0 [{clock:08.4f}-{clock + 0.8:08.4f}]: Okay.\n")  # a turn without audio
+        base = iemocap / f"Session{session}" / "dialog"
+        for folder, lines in (("EmoEvaluation", evals), ("transcriptions", trans)):
+            (base / folder).mkdir(parents=True, exist_ok=True)
+            tmp = base / folder / f".{dialog}.txt.tmp"
+            tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
+            os.replace(tmp, base / folder / f"{dialog}.txt")
 
 
 def _inject_faults(root: Path, rows: list[dict]) -> list[str]:
@@ -410,6 +503,8 @@ def make_demo(
     meld_dialogues: tuple[int, int, int] = (16, 4, 6),
     meld_turns: tuple[int, int] = (4, 8),
     faults: bool = False,
+    iemocap: bool = False,
+    iemocap_turns: int = 8,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -419,7 +514,9 @@ def make_demo(
     `repetitions` (x 2 intensities with `strong_intensity`). MELD: `meld_dialogues` (train, dev, test)
     dialogues of `meld_turns` turns among six speakers. `faults` adds the known faults of real copies
     (a corrupt and a missing clip, a clip without a row, a cp1252 CSV, `final_videos_test` names, a song
-    file). The same seed and settings give byte-identical files.
+    file). `iemocap` adds `out/IEMOCAP`: five sessions x two speakers x `iemocap_turns` turns each (16 kHz WAVs,
+    EmoEvaluation and transcription files); the RAVDESS and MELD files do not change with it. The same seed and
+    settings give byte-identical files.
     """
     started = time.perf_counter()
     if n_speakers < 1 or n_speakers > 24:
@@ -430,10 +527,13 @@ def make_demo(
         raise DemoError(f"meld_dialogues must be three counts (train, dev, test), got {meld_dialogues}")
     if not 1 <= meld_turns[0] <= meld_turns[1]:
         raise DemoError(f"meld_turns must be (min, max) with 1 <= min <= max, got {meld_turns}")
+    if iemocap and not 1 <= iemocap_turns <= len(IEMOCAP_TURN_LABELS):
+        raise DemoError(f"iemocap_turns must be between 1 and {len(IEMOCAP_TURN_LABELS)}, got {iemocap_turns}")
+    corpora = ("RAVDESS", "MELD", "IEMOCAP") if iemocap else ("RAVDESS", "MELD")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out} is a file, expected a folder")
-    for name in ("RAVDESS", "MELD"):
+    for name in corpora:
         if (out / name).exists() and not (out / name / DEMO_MARKER).exists():
             raise DemoError(f"{out / name} exists and is not a demo corpus: refusing to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
@@ -441,29 +541,34 @@ def make_demo(
     rng = np.random.default_rng(seed)
     ravdess = _plan_ravdess(rng, n_speakers, repetitions, calm, strong_intensity)
     meld, rows = _plan_meld(rng, meld_dialogues, meld_turns)
+    iemo, iemo_rows = _plan_iemocap(rng, iemocap_turns) if iemocap else ([], [])  # drawn last: RAVDESS/MELD unchanged
     groups: dict[str, list[Utterance]] = {}
     for u in ravdess:
         groups.setdefault(f"RAVDESS/{u.rel_path.split('/')[0]}", []).append(u)
     for u, row in zip(meld, rows, strict=True):
         groups.setdefault(f"MELD/{row['Speaker']}", []).append(u)
+    for u in iemo:  # one group per session (two voices): fewer fresh processes
+        groups.setdefault(f"IEMOCAP/{u.rel_path.split('/')[0]}", []).append(u)
 
     staging = Path(tempfile.mkdtemp(prefix=".demo.partial-", dir=out))
     try:
-        for name in ("RAVDESS", "MELD"):
+        for name in corpora:
             (staging / name).mkdir()
         durations: dict[str, float] = {}
         jobs = [(str(staging), groups[key]) for key in sorted(groups)]
         n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         ctx = multiprocessing.get_context("spawn")  # fresh espeak-ng state per group: see module docstring
         with ctx.Pool(n_workers, maxtasksperchild=1) as pool, tqdm(
-            total=len(ravdess) + len(meld), desc="demo corpus", unit="clip", disable=not progress
+            total=len(ravdess) + len(meld) + len(iemo), desc="demo corpus", unit="clip", disable=not progress
         ) as bar:
             for done in pool.imap_unordered(_render_group, jobs, chunksize=1):
                 durations.update(done)
                 bar.update(len(done))
         _write_meld_csvs(staging / "MELD", rows, durations, cp1252_dev=faults)
+        if iemocap:
+            _write_iemocap_texts(staging / "IEMOCAP", iemo_rows, durations)
         injected = _inject_faults(staging, rows) if faults else []
-        for name in ("RAVDESS", "MELD"):
+        for name in corpora:
             stamp = {"generator": "mer_builder.demo", "seed": seed, "corpus": name}
             (staging / name / DEMO_MARKER).write_text(json.dumps(stamp) + "\n", encoding="utf-8")
             _place(staging, out, name)
@@ -492,6 +597,14 @@ def make_demo(
                 "speakers": sorted({r["Speaker"] for r in rows}),
                 "seconds_of_audio": round(sum(durations[u.rel_path] for u in meld), 1),
             },
+            **({"IEMOCAP": {
+                "path": str(out / "IEMOCAP"),
+                "clips": len(iemo),
+                "sessions": 5,
+                "speakers": sorted({f"Ses{r['session']:02d}_{r['turn'].rsplit('_', 1)[1][0]}" for r in iemo_rows}),
+                "by_label": dict(sorted(Counter(r["label"] for r in iemo_rows).items())),
+                "seconds_of_audio": round(sum(durations[u.rel_path] for u in iemo), 1),
+            }} if iemocap else {}),
         },
         "faults": injected,
         "prosody": {k: dict(zip(("rate", "volume", "pitch_offset", "range", "wordgap"), v, strict=True))
