@@ -182,6 +182,17 @@ def test_freezing_keeps_frozen_weights_and_trains_the_rest(dirs, freeze):
     assert model.head.training and model.audio_encoder.training == (freeze != "all")
 
 
+def test_lr_overrides_for_an_encoder_the_mode_does_not_build_are_ignored_not_errors(dirs):
+    from mer.errors import UserError
+    from mer.training.loop import split_lr_overrides
+
+    audio_only = make(dirs, mode="A")
+    kept, ignored = split_lr_overrides(audio_only, {"audio_encoder.": 1e-5, "text_encoder.": 2e-5})
+    assert kept == {"audio_encoder.": 1e-5} and ignored == ["text_encoder."]
+    with pytest.raises(UserError, match="lr_overrides.audio_encodr"):
+        split_lr_overrides(audio_only, {"audio_encodr.": 1e-5})
+
+
 def test_weighted_layers_start_as_the_mean_and_select_a_layer_when_one_weight_dominates(dirs):
     weighted = make(dirs, "A", audio_layer="weighted").eval()
     assert weighted.audio_layer_weights.shape == (3,)  # the input of layer 1 + the outputs of 2 layers

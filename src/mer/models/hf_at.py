@@ -234,6 +234,7 @@ class HFAudioTextModel(nn.Module):
     """Encoders + RobustAT fusion; forward(batch) -> logits [B, n_classes]. See the module doc."""
 
     needs_feature_dims = False  # the registry does not ask a feature store for dims
+    PARAM_GROUP_PREFIXES = PARAM_GROUP_PREFIXES  # every prefix the model can have, whatever its mode
 
     def __init__(self, cfg: ModelConfig, n_classes: int, encoders: HFEncoders | None = None) -> None:
         super().__init__()

@@ -65,8 +65,8 @@ def split_lr_overrides(model: nn.Module, overrides: dict[str, float]) -> tuple[d
     for prefix, lr in overrides.items():
         if any(n.startswith(prefix) and trainable for n, trainable in names):
             kept[prefix] = lr
-        elif any(n.startswith(prefix) for n, _ in names):
-            ignored.append(prefix)
+        elif any(n.startswith(prefix) for n, _ in names) or prefix in getattr(model, "PARAM_GROUP_PREFIXES", {}):
+            ignored.append(prefix)  # frozen, or a part this model's mode does not build (text encoder in mode A)
         else:
             known = getattr(model, "param_group_prefixes", None)
             hint = f" (this model's prefixes: {', '.join(known())})" if callable(known) else ""
@@ -152,7 +152,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / cfg.grad_accum)
 
         for prefix in split_lr_overrides(model, cfg.lr_overrides)[1]:
-            print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen")
+            print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen or not in this mode")
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_overrides),
                                            lr=cfg.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, cfg.epochs, cfg.lr)
