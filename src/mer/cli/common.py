@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from mer.config import load_config, to_dict, validate
 from mer.data.feature_dataset import FeatureDataset
 from mer.errors import UserError
 from mer.models import build_model
+from mer.runtime import Precision, resolve_precision, select_device
 from mer.schema import ExperimentConfig, ModelConfig
 from mer.training.checkpoint import load_checkpoint
 
@@ -70,6 +72,28 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
     if not path.is_file():
         raise UserError(f"not a run directory (no config_resolved.yaml): {run_dir}")
     return load_config(path).cfg
+
+
+def add_eval_args(parser: argparse.ArgumentParser, source_flag: str, source_help: str) -> argparse.ArgumentParser:
+    """The arguments every evaluation entry point takes: --run, --view, --checkpoint, a data source override
+    (`--store` or `--manifest`), --batch-size, --device."""
+    parser.add_argument("--run", required=True, help="run directory (config_resolved.yaml, checkpoints/, ...)")
+    parser.add_argument("--view", required=True, nargs="+", help="view name(s) from the config's data.views")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    parser.add_argument(source_flag, help=source_help)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default=None, help="override run.device (auto, cpu, cuda)")
+    return parser
+
+
+def open_run(args: argparse.Namespace) -> tuple[Path, ExperimentConfig, torch.device, Precision]:
+    """The run directory named by --run, its resolved config, the device and the precision to evaluate with."""
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    cfg = load_run_config(run_dir)
+    device = select_device(args.device or cfg.run.device)
+    return run_dir, cfg, device, resolve_precision(cfg.train.amp, device)
 
 
 def print_eval_table(results: dict[str, dict]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mer.cli.common import load_run_config, print_eval_table
+from mer.cli.common import add_eval_args, open_run, print_eval_table
 from mer.config import validate
 from mer.data.bucketing import sorted_batches
 from mer.data.manifest import read_manifest
@@ -26,7 +26,7 @@ from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
 from mer.models import build_model
 from mer.models.hf_at import HFEncoders, encoders_from_files
-from mer.runtime import Precision, resolve_precision, select_device
+from mer.runtime import Precision
 from mer.schema import ExperimentConfig, ModelConfig
 from mer.training.checkpoint import load_checkpoint
 
@@ -103,24 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evaluate_hf_e2e.py", description="Evaluate an end-to-end (hf_at) run on views of its config; "
         "rebuilds the model from the run directory alone (no hub access); writes <run>/eval_<view>/.")
-    parser.add_argument("--run", required=True, help="run directory (config_resolved.yaml, checkpoints/, encoders/)")
-    parser.add_argument("--view", required=True, nargs="+", help="view name(s) from the config's data.views")
-    parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    parser.add_argument("--manifest", help="manifest to read instead of the config's data.manifest")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--device", default=None, help="override run.device (auto, cpu, cuda)")
+    add_eval_args(parser, "--manifest", "manifest to read instead of the config's data.manifest")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    cfg = load_run_config(run_dir)
-    device = select_device(args.device or cfg.run.device)
-    precision = resolve_precision(cfg.train.amp, device)
+    run_dir, cfg, device, precision = open_run(args)
     manifest = args.manifest or cfg.data.manifest
     rows = read_rows(manifest)
     model, encoders, state = model_from_run(run_dir, args.checkpoint)
