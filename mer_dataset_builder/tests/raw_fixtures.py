@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -529,3 +530,12 @@ def assert_matches(corpus: RawCorpus, items: list[Any], report: Any) -> None:
     for rel, reason in corpus.skipped:
         hits = [g for g in got if g[0] == rel and reason in g[1]]
         assert len(hits) == 1, (rel, reason, got)
+
+
+def real_emodb_dir() -> Path | None:
+    """The real EmoDB corpus: `$MER_EMODB`, else `shared/data/emodb` beside the repository; None when absent
+    (as on a user's machine), so that the tests that need it skip."""
+    env = os.environ.get("MER_EMODB")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "emodb")
+    return next((c for c in candidates if (c / "wav").is_dir()), None)

@@ -1,4 +1,4 @@
-"""EmoDB parser: fields from the file name, boredom policy, and the real corpus in /work/shared/data/emodb."""
+"""EmoDB parser: fields from the file name, boredom policy, and the real corpus (shared/data/emodb beside the repo)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_emodb, run_parser
+from raw_fixtures import assert_matches, make_emodb, real_emodb_dir, run_parser
 
 from mer_builder.prepare import parse_emodb
 from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import RawItem
 
-REAL_EMODB = Path("/work/shared/data/emodb")
+REAL_EMODB = real_emodb_dir()
 
 
 def test_fixture_corpus_parsed_as_written(tmp_path: Path) -> None:
@@ -44,8 +44,8 @@ def test_boredom_to_neutral_by_policy(tmp_path: Path) -> None:
 
 
 def test_real_emodb() -> None:
-    if not (REAL_EMODB / "wav").is_dir():
-        pytest.skip("the real EmoDB is not at /work/shared/data/emodb")
+    if REAL_EMODB is None:
+        pytest.skip("the real EmoDB corpus is not beside the repository (shared/data/emodb) nor in $MER_EMODB")
     items, report = run_parser(parse_emodb.parse, REAL_EMODB)
     assert (report.found, report.yielded, report.dropped, report.skipped) == (
         535, 454, {"EmoDB boredom dropped by policy": 81}, [])
