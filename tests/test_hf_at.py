@@ -30,16 +30,6 @@ from mer.schema import ModelConfig, TaskConfig, ViewConfig
 LABELS = ["anger", "joy", "sadness", "neutral"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and on a busy 2-core machine a second thread
-    waiting at every op's barrier makes them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hf_at")
