@@ -60,6 +60,13 @@ def write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def write_unclosed_quote_csv(path: Path, header: str) -> Path:
+    """A CSV whose first row opens a quote that never closes: the csv module reads the rest of the file as one
+    field and fails with `csv.Error: field larger than field limit` (a hand-edited transcript list)."""
+    lines = [header, '1,"never closed'] + [f"{i},more text {i}" for i in range(2, 12000)]
+    return write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
 @dataclass
 class RawCorpus:
     """What was written and what a parser must report with the default policy."""

@@ -187,6 +187,12 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
         "error: policy option 'ravdess.calm=maybe': 'maybe' is not valid for ravdess.calm")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--ratios", "0.5,0.5"]) == (
         "error: --ratios '0.5,0.5': ratios must be three numbers train,val,test; got 2")
+    assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--ratios", "nan,0,1"]) == (
+        "error: --ratios 'nan,0,1': ratios must be >= 0, train > 0, and sum to 1; got nan,0,1")
+    assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--min-duration", "nan"]) == (
+        "error: --min-duration nan / --max-duration None: expected numbers with 0 <= min < max")
+    assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--max-duration", "nan"]) == (
+        "error: --min-duration 0.3 / --max-duration nan: expected numbers with 0 <= min < max")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--option", "ravdess.foo=1"]) == (
         "error: --option ravdess.foo=1: RAVDESS has no option 'foo' (its options: none)")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--path", "ravdess=/no/such/dir"]) == (
@@ -196,6 +202,18 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     assert _one_line_error(capsys, [*base, "--datasets", "all", "--raw-root", str(tmp_path / "out")]) == (
         f"error: --raw-root {tmp_path / 'out'}: no such folder")
     assert not (tmp_path / "out").exists()
+    inside = tmp_path / "raw" / "ravdess" / "built"
+    assert _one_line_error(capsys, [*base[:-3], "--out", str(inside), "--quiet", "--datasets", "ravdess"]) == (
+        f"error: --out {inside} is inside the RAVDESS folder {tmp_path / 'raw' / 'ravdess'}: choose an output "
+        "folder outside every corpus")
+    assert not inside.exists()
+    rav = str(tmp_path / "raw" / "ravdess")
+    assert _one_line_error(capsys, [*base, "--path", f"ravdess={rav}", "--path", f"RAVDESS={tmp_path}"]) == (
+        f"error: --path RAVDESS={tmp_path}: RAVDESS is already given as {rav}")
+    assert _one_line_error(capsys, [*base, "--folder", f"Mine={rav}", "--folder", f"Mine={tmp_path}"]) == (
+        f"error: --folder Mine={tmp_path}: Mine is already given as {rav}")
+    assert _one_line_error(capsys, ["validate", str(tmp_path), "--max-lines", "-1"]) == (
+        "error: --max-lines -1: expected a number >= 0")
     (tmp_path / "afile").write_text("x")
     assert _one_line_error(capsys, ["make-demo", "--out", str(tmp_path / "afile"), "--quiet"]) == (
         f"error: {tmp_path / 'afile'} is a file, expected a folder")

@@ -184,6 +184,21 @@ def test_rerun_redoes_nothing_and_redoes_a_changed_source(tmp_path):
     assert len(state.read_text().splitlines()) == 6  # compacted: one line per output
 
 
+def test_rerun_with_relative_paths_or_another_cwd_redoes_nothing(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()  # what os.getcwd() will say
+    tasks = _corpus(tmp_path, 3)
+    state = tmp_path / "audio" / ".state.jsonl"
+    monkeypatch.chdir(tmp_path)
+    rel = [(s.relative_to(tmp_path), d.relative_to(tmp_path)) for s, d in tasks]
+    first = normalize_many(rel, jobs=1, state_path=state.relative_to(tmp_path))
+    assert not any(r.cached for r in first) and [r.output for r in first] == [str(d) for _, d in tasks]
+    again = normalize_many(tasks, jobs=1, state_path=state)  # the same build named absolutely
+    assert all(r.cached for r in again) and [r.sha256 for r in again] == [r.sha256 for r in first]
+    monkeypatch.chdir(tmp_path / "audio")  # and relatively from another folder
+    third = normalize_many([(Path("..") / s, Path("..") / d) for s, d in rel], jobs=1, state_path=state)
+    assert all(r.cached for r in third)
+
+
 def test_undecodable_files_are_remembered(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"\x00garbage" * 50)
     state = tmp_path / "state.jsonl"

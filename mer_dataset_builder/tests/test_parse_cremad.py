@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raw_fixtures import assert_matches, make_cremad, parse_by_id, run_parser
+import pytest
+from raw_fixtures import assert_matches, make_cremad, parse_by_id, run_parser, write_unclosed_quote_csv
 
 from mer_builder.prepare import parse_cremad
 from mer_builder.prepare.records import RawItem
@@ -58,3 +59,11 @@ def test_without_demographics_gender_is_empty_and_said(tmp_path: Path) -> None:
     assert all(it.gender is None for it in items)
     assert all("gender unknown: VideoDemographics.csv not found" in it.notes for it in items)
     assert len(report.warnings) == 1 and "VideoDemographics.csv not found" in report.warnings[0]
+
+
+def test_demographics_with_an_unclosed_quote_are_a_one_line_error(tmp_path: Path) -> None:
+    corpus = make_cremad(tmp_path / "CREMA-D")
+    demo = next(corpus.root.rglob("VideoDemographics.csv"))
+    write_unclosed_quote_csv(demo, '"ActorID","Age","Sex","Race","Ethnicity"')
+    with pytest.raises(ValueError, match=r"VideoDemographics.csv: not a readable CSV \(field larger than field limit"):
+        run_parser(parse_cremad.parse, corpus.root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_folder, parse_by_id, run_parser
+from raw_fixtures import assert_matches, make_folder, parse_by_id, run_parser, write_unclosed_quote_csv
 
 from mer_builder.prepare import parse_folder
 from mer_builder.prepare.records import RawItem
@@ -74,3 +74,10 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("file,transcript\n")
     with pytest.raises(ValueError, match=r"t.csv: expected the header path,text"):
         run_parser(parse_folder.parse, corpus.root, transcripts=tmp_path / "t.csv")
+
+
+def test_transcripts_with_an_unclosed_quote_are_a_one_line_error(tmp_path: Path) -> None:
+    corpus = make_folder(tmp_path / "mine")
+    write_unclosed_quote_csv(corpus.root / "transcripts.csv", "path,text")
+    with pytest.raises(ValueError, match=r"transcripts.csv: not a readable CSV \(field larger than field limit"):
+        run_parser(parse_folder.parse, corpus.root, **corpus.options)

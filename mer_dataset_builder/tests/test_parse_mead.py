@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_mead, parse_by_id, run_parser
+from raw_fixtures import assert_matches, make_mead, parse_by_id, run_parser, write_unclosed_quote_csv
 
 from mer_builder.prepare import parse_mead
 from mer_builder.prepare.policy import LabelPolicy
@@ -66,3 +66,10 @@ def test_bad_sentences_file_is_a_one_line_error(tmp_path: Path) -> None:
         run_parser(parse_mead.parse, corpus.root, sentences=bad)
     with pytest.raises(FileNotFoundError, match="MEAD sentences file not found"):
         run_parser(parse_mead.parse, corpus.root, sentences=tmp_path / "missing.csv")
+
+
+def test_sentences_with_an_unclosed_quote_are_a_one_line_error(tmp_path: Path) -> None:
+    corpus = make_mead(tmp_path / "MEAD", sentences="none")
+    bad = write_unclosed_quote_csv(tmp_path / "s.csv", "index,text")
+    with pytest.raises(ValueError, match=r"s.csv: not a readable CSV \(field larger than field limit"):
+        run_parser(parse_mead.parse, corpus.root, sentences=bad)

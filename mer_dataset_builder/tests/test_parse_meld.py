@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import MELD_HEADER, assert_matches, make_meld, parse_by_id, run_parser
+from raw_fixtures import (
+    MELD_HEADER,
+    assert_matches,
+    make_meld,
+    parse_by_id,
+    run_parser,
+    write_unclosed_quote_csv,
+)
 
 from mer_builder.prepare import parse_meld
 from mer_builder.prepare.records import RawItem
@@ -75,4 +82,11 @@ def test_csv_without_required_column_is_a_one_line_error(tmp_path: Path) -> None
     bad = MELD_HEADER.replace("Emotion,", "Feeling,")
     (corpus.root / "test_sent_emo.csv").write_text(bad + "\n1,Hi,Ross,joy,positive,0,0,1,1,a,b\n")
     with pytest.raises(ValueError, match=r"test_sent_emo.csv: missing column\(s\) Emotion \(expected header Sr No"):
+        run_parser(parse_meld.parse, corpus.root)
+
+
+def test_csv_with_an_unclosed_quote_is_a_one_line_error(tmp_path: Path) -> None:
+    corpus = make_meld(tmp_path / "MELD.Raw")
+    write_unclosed_quote_csv(corpus.root / "dev_sent_emo.csv", MELD_HEADER)
+    with pytest.raises(ValueError, match=r"dev_sent_emo.csv: not a readable CSV \(field larger than field limit"):
         run_parser(parse_meld.parse, corpus.root)

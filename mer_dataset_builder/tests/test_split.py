@@ -112,7 +112,7 @@ def test_datasets_are_split_independently():
 @pytest.mark.parametrize(
     ("ratios", "message"),
     [((0.8, 0.2), "three numbers"), ((0.5, 0.1, 0.1), "sum to 1"), ((1.2, -0.1, -0.1), ">= 0"),
-     ((0.0, 0.5, 0.5), "train > 0")],
+     ((0.0, 0.5, 0.5), "train > 0"), ((float("nan"), 0.0, 1.0), "sum to 1"), ((0.5, float("nan"), 0.5), ">= 0")],
 )
 def test_bad_ratios_are_refused(ratios, message):
     with pytest.raises(ValueError, match=message):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import sys
 import time
@@ -97,12 +98,16 @@ def resolve_corpora(args: argparse.Namespace) -> list[Corpus]:
     for text in args.path or []:
         name, value = _key_value(text, "--path")
         key = key_of(name, f"--path {text}")
+        if key in paths:
+            raise BuildError(f"--path {text}: {DATASET_NAMES[key]} is already given as {paths[key]}")
         if not Path(value).expanduser().is_dir():
             raise BuildError(f"--path {text}: no such folder {value}")
         paths[key] = Path(value).expanduser()
     folders: dict[str, Path] = {}
     for text in args.folder or []:
         name, value = _key_value(text, "--folder")
+        if name in folders:
+            raise BuildError(f"--folder {text}: {name} is already given as {folders[name]}")
         if not Path(value).expanduser().is_dir():
             raise BuildError(f"--folder {text}: no such folder {value}")
         folders[name] = Path(value).expanduser()
@@ -226,9 +231,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BuildError(str(exc)) from None
     ratios = _ratios(args.ratios)
-    if args.min_duration < 0 or (args.max_duration is not None and args.max_duration <= args.min_duration):
+    if not math.isfinite(args.min_duration) or args.min_duration < 0 or (
+            args.max_duration is not None and not args.max_duration > args.min_duration):
         raise BuildError(f"--min-duration {args.min_duration} / --max-duration {args.max_duration}: expected "
-                         "0 <= min < max")
+                         "numbers with 0 <= min < max")
     if args.jobs is not None and args.jobs < 1:
         raise BuildError(f"--jobs {args.jobs}: expected a number >= 1")
     if args.iemocap_test_session == args.iemocap_val_session:
@@ -254,6 +260,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from mer_builder.prepare.validate import validate
 
+    if args.max_lines < 0:
+        raise BuildError(f"--max-lines {args.max_lines}: expected a number >= 0")
     report = validate(Path(args.manifest).expanduser(), check_audio=not args.no_audio, check_sha=not args.no_sha)
     print(report.format(max_lines=args.max_lines))
     return 0 if report.ok else 1

@@ -292,6 +292,11 @@ def build_dataset(
     names = [c.name for c in corpora]
     if len(set(names)) != len(names):
         raise BuildError(f"a dataset is named twice: {', '.join(names)}")
+    for corpus in corpora:  # the next build would read our own WAVs back as corpus files
+        root = corpus.root.resolve()
+        if out.resolve() == root or root in out.resolve().parents:
+            raise BuildError(f"--out {out} is inside the {corpus.name} folder {corpus.root}: choose an output "
+                             "folder outside every corpus")
 
     # 1. parse
     items: list[RawItem] = []

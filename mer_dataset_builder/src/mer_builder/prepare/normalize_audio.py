@@ -328,6 +328,7 @@ def normalize_many(
     `state_path`: the state file that makes reruns skip finished work (None: no reuse).
     `out_root`: when given, an output outside it is refused (skip reason `BAD_OUTPUT`).
     `on_progress(n)` is called with the number of tasks just finished (cached ones included).
+    Paths are made absolute: results and the state name absolute paths.
     """
     options = options or NormalizeOptions()
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
@@ -337,7 +338,8 @@ def normalize_many(
     pending: list[tuple[int, str, str]] = []
     n_cached = 0
     for i, (src, dst) in enumerate(tasks):
-        src, dst = Path(src), Path(dst)
+        # absolute: the state must match whether a rerun names the folders relatively, absolutely or from elsewhere
+        src, dst = Path(os.path.abspath(src)), Path(os.path.abspath(dst))
         if root is not None and not dst.resolve().is_relative_to(root):
             results[i] = NormResult(str(src), str(dst), skip_reason=BAD_OUTPUT, detail=f"{dst} is not under {root}")
             n_cached += 1

@@ -45,15 +45,18 @@ def read_demographics(path: Path) -> dict[str, str | None]:
     """ActorID -> "F"/"M"/None from `VideoDemographics.csv` (`"ActorID","Age","Sex","Race","Ethnicity"`)."""
     text, _ = read_text(path, ("cp1252",))
     reader = csv.DictReader(io.StringIO(text))
-    fields = {(f or "").strip(): f for f in reader.fieldnames or []}
-    if "ActorID" not in fields or "Sex" not in fields:
-        raise ValueError(f"{path}: expected columns ActorID and Sex (header \"ActorID\",\"Age\",\"Sex\",...)")
     genders: dict[str, str | None] = {}
-    for row in reader:
-        actor = (row.get(fields["ActorID"]) or "").strip()
-        sex = (row.get(fields["Sex"]) or "").strip().lower()
-        if actor:
-            genders[actor] = {"male": "M", "female": "F", "m": "M", "f": "F"}.get(sex)
+    try:
+        fields = {(f or "").strip(): f for f in reader.fieldnames or []}
+        if "ActorID" not in fields or "Sex" not in fields:
+            raise ValueError(f"{path}: expected columns ActorID and Sex (header \"ActorID\",\"Age\",\"Sex\",...)")
+        for row in reader:
+            actor = (row.get(fields["ActorID"]) or "").strip()
+            sex = (row.get(fields["Sex"]) or "").strip().lower()
+            if actor:
+                genders[actor] = {"male": "M", "female": "F", "m": "M", "f": "F"}.get(sex)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc}; an unclosed quote?)") from None
     return genders
 
 

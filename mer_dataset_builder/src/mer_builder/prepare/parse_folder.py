@@ -39,17 +39,20 @@ def read_transcripts(path: Path) -> dict[str, str]:
         raise FileNotFoundError(f"transcripts file not found: {path}")
     text, _ = read_text(path, ("cp1252",))
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
-    if "path" not in fields or "text" not in fields:
-        raise ValueError(f"{path}: expected the header path,text, got {','.join(fields) or 'nothing'}")
-    reader.fieldnames = fields
     out: dict[str, str] = {}
-    for row in reader:
-        rel = (row.get("path") or "").strip().replace("\\", "/")
-        while rel.startswith("./"):
-            rel = rel[2:]
-        if rel:
-            out[rel] = (row.get("text") or "").strip()
+    try:
+        fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
+        if "path" not in fields or "text" not in fields:
+            raise ValueError(f"{path}: expected the header path,text, got {','.join(fields) or 'nothing'}")
+        reader.fieldnames = fields
+        for row in reader:
+            rel = (row.get("path") or "").strip().replace("\\", "/")
+            while rel.startswith("./"):
+                rel = rel[2:]
+            if rel:
+                out[rel] = (row.get("text") or "").strip()
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc}; an unclosed quote?)") from None
     return out
 
 

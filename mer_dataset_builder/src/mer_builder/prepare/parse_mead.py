@@ -50,20 +50,24 @@ def read_sentences(path: Path) -> dict[tuple[str, int], str]:
         raise FileNotFoundError(f"MEAD sentences file not found: {path}")
     text, _ = read_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
-    if "index" not in fields or "text" not in fields:
-        raise ValueError(f"{path}: expected the header emotion,index,text (emotion optional), got {','.join(fields)}")
-    reader.fieldnames = fields
     out: dict[tuple[str, int], str] = {}
-    for n, row in enumerate(reader, start=2):
-        emotion = (row.get("emotion") or "").strip().lower()
-        raw_index = (row.get("index") or "").strip()
-        if not raw_index.isdigit():
-            raise ValueError(f"{path}: line {n}: index {raw_index!r} is not a clip number like 1 or 020")
-        if emotion and emotion not in EMOTIONS:
-            raise ValueError(f"{path}: line {n}: unknown emotion {emotion!r} (expected empty or one of "
-                             f"{', '.join(EMOTIONS)})")
-        out[(emotion, int(raw_index))] = (row.get("text") or "").strip()
+    try:
+        fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
+        if "index" not in fields or "text" not in fields:
+            raise ValueError(f"{path}: expected the header emotion,index,text (emotion optional), "
+                             f"got {','.join(fields)}")
+        reader.fieldnames = fields
+        for n, row in enumerate(reader, start=2):
+            emotion = (row.get("emotion") or "").strip().lower()
+            raw_index = (row.get("index") or "").strip()
+            if not raw_index.isdigit():
+                raise ValueError(f"{path}: line {n}: index {raw_index!r} is not a clip number like 1 or 020")
+            if emotion and emotion not in EMOTIONS:
+                raise ValueError(f"{path}: line {n}: unknown emotion {emotion!r} (expected empty or one of "
+                                 f"{', '.join(EMOTIONS)})")
+            out[(emotion, int(raw_index))] = (row.get("text") or "").strip()
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc}; an unclosed quote?)") from None
     return out
 
 

@@ -89,12 +89,15 @@ def _read_csv(path: Path, report: ParseReport) -> tuple[list[dict[str, str]], st
     if encoding not in ("utf-8", "utf-8-sig"):
         report.warnings.append(f"{path.name} is not UTF-8: decoded as {encoding}")
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    fields = [(f or "").strip() for f in reader.fieldnames or []]
-    missing = [c for c in _REQUIRED if c not in fields]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected header {HEADER})")
-    reader.fieldnames = fields
-    return list(reader), encoding
+    try:
+        fields = [(f or "").strip() for f in reader.fieldnames or []]
+        missing = [c for c in _REQUIRED if c not in fields]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected header {HEADER})")
+        reader.fieldnames = fields
+        return list(reader), encoding
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc}; an unclosed quote?)") from None
 
 
 def parse(root: Path, policy: LabelPolicy, report: ParseReport, **options: object) -> Iterator[RawItem]:

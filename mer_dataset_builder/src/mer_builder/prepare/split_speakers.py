@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import defaultdict
@@ -46,7 +47,7 @@ def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     if len(ratios) != 3:
         raise ValueError(f"ratios must be three numbers train,val,test; got {len(ratios)}")
     r = tuple(float(x) for x in ratios)
-    if any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0:
+    if not all(math.isfinite(x) and x >= 0 for x in r) or abs(sum(r) - 1.0) > 1e-6 or r[0] <= 0:
         raise ValueError(f"ratios must be >= 0, train > 0, and sum to 1; got {','.join(f'{x:g}' for x in r)}")
     return r  # type: ignore[return-value]
 
