@@ -223,6 +223,12 @@ def test_set_without_equals_is_an_error(exp_file):
     assert "bad --set" in error_of(load_config, exp_file, ["train..lr=1"])
 
 
+def test_set_value_that_is_not_yaml_is_a_one_line_error(exp_file):
+    msg = error_of(load_config, exp_file, ["data.views.train.speaker_regex=["])
+    assert msg.startswith("bad --set value for 'data.views.train.speaker_regex': '[' is not valid YAML (")
+    assert "quote the value" in msg
+
+
 def test_set_unknown_key_is_validated_like_any_key(exp_file):
     assert error_of(load_config, exp_file, ["train.lrr=1e-4"]) == (
         "unknown config key 'train.lrr' (did you mean 'train.lr'?)"

@@ -225,7 +225,7 @@ def test_layer_choice_last_index_and_mean_differ_and_keep_the_shape(wavlm):
     assert select_layer(hs, "mean").unique().item() == 1
     with pytest.raises(UserError, match="layer 3 does not exist"):
         select_layer(hs, 3)
-    with pytest.raises(UserError, match=r"layer 5 does not exist: .* has 2 layers"):
+    with pytest.raises(UserError, match=r"layer 5 does not exist: .* has 2 layers .*'last', 'mean' or 'weighted'"):
         check_layer(model, 5)
     assert parse_layer("last") == "last" and parse_layer("-1") == -1 and parse_layer("2") == 2
     with pytest.raises(UserError, match="expected 'last', 'mean' or a layer index"):

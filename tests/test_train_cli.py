@@ -239,6 +239,63 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, store, capsys
     assert "testZ" in _error(capsys)
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.epochs=0", "config key 'train.epochs': expected >= 1, got 0"),
+    ("train.grad_accum=0", "config key 'train.grad_accum': expected >= 1, got 0"),
+    ("data.batch_size=0", "config key 'data.batch_size': expected >= 1, got 0"),
+    ("data.eval_batch_size=0", "config key 'data.eval_batch_size': expected >= 1, got 0"),
+    ("train.best_metric=f1", "config key 'train.best_metric': expected one of loss, acc, macro_f1, "),
+    ("train.scheduler.name=plateau train.scheduler.metric=bogus", "config key 'train.scheduler.metric': expected"),
+    ("train.scheduler.name=plateau train.scheduler.factor=2", "config key 'train.scheduler.factor': expected in (0, 1)"),
+    ("train.ema.enabled=true train.ema.decay=1.5", "config key 'train.ema.decay': expected in [0, 1], got 1.5"),
+    ("train.class_weights.mode=balanced train.class_weights.clip=0", "config key 'train.class_weights.clip': "),
+    ("train.loss.label_smoothing=1.5", "config key 'train.loss.label_smoothing': expected in [0, 1]"),
+    ("train.lr=-1", "config key 'train.lr': expected >= 0, got -1"),
+    ("train.sampler.dataset_factors.RAVDESS=-1", "config key 'train.sampler.dataset_factors.RAVDESS': expected > 0"),
+    ("train.early_stopping.patience=0", "config key 'train.early_stopping.patience': expected >= 1 or null"),
+    ("data.num_workers=-1", "config key 'data.num_workers': expected >= 0, got -1"),
+    ("train.best_metric=loss", "config key 'train.best_mode': expected 'min' for best_metric 'loss', got 'max'"),
+    ("train.scheduler.name=plateau train.scheduler.mode=min", "config key 'train.scheduler.mode': expected 'max'"),
+])
+def test_out_of_range_training_settings_are_one_line_errors_before_the_run_dir(tmp_path, store, capsys, override,
+                                                                                expected):
+    # Each of these used to be a traceback (ZeroDivisionError, ValueError from torch) or an error after an epoch
+    # had been trained into a fresh run directory.
+    config = write_config(tmp_path, store)
+    assert run_cli(train_cli.main, ["--config", str(config), "--set", *override.split()]) == 2
+    assert _error(capsys).startswith(f"error: {expected}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_end_to_end_config_or_run_points_at_the_end_to_end_tools(tmp_path, store, capsys):
+    config = write_config(tmp_path, store, model={"name": "hf_at"})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 2
+    assert "use train_hf_e2e.py" in _error(capsys)
+    config = write_config(tmp_path, store, data={"store": ""})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 2
+    assert "config key 'data.store': not set" in _error(capsys)
+    assert not (tmp_path / "runs").exists()
+
+    run = tmp_path / "e2e_run"
+    run.mkdir()
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["name"], cfg["data"]["manifest"] = "hf_at", str(tmp_path / "meta_manifest.jsonl")
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+    assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
+    assert "use evaluate_hf_e2e.py" in _error(capsys)
+
+
+def test_evaluating_on_a_store_of_other_dims_is_a_one_line_error(tmp_path, store, capsys):
+    # Without standardization this used to be a ValueError traceback from the model's forward.
+    config = write_config(tmp_path, store, train={"epochs": 1}, data={"standardize": False})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 0
+    other = make_store(tmp_path / "other", 60, 6, 10, memmap=True)
+    run = tmp_path / "runs" / "toy"
+    assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test", "--store", str(other)]) == 2
+    msg = _error(capsys)
+    assert "best.pt" in msg and "12-dim audio features" in msg and "has 6" in msg
+
+
 def test_evaluation_uses_ema_weights_when_ema_is_on(tmp_path, store):
     config = write_config(tmp_path, store, train={"epochs": 2, "ema": {"enabled": True, "decay": 0.5}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 0

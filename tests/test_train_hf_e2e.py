@@ -340,3 +340,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, capsys, 
 
     assert run_cli(evaluate_cli.main, ["--run", str(tmp_path), "--view", "test"]) == 2
     assert "config_resolved.yaml" in _error(capsys)
+
+
+def test_a_feature_run_or_a_bad_token_limit_is_a_one_line_error_naming_the_fix(tmp_path, capsys):
+    # evaluate_hf_e2e.py on a train.py run used to complain about data.manifest instead of naming the right tool.
+    run = tmp_path / "feature_run"
+    run.mkdir()
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump({"model": {"name": "flexible_at"},
+                                                               "data": {"store": str(tmp_path / "store")}}))
+    assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
+    assert _error(capsys) == f"error: {run}: a flexible_at run; evaluate it with evaluate.py"
+
+    config = tmp_path / "c.yaml"  # a token limit below 2 used to be raised to 2 silently
+    config.write_text(yaml.safe_dump({"run": {"output_root": str(tmp_path / "runs")},
+                                      "model": {"name": "hf_at", "hf": {"max_text_tokens": 1}}}))
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 2
+    assert "config key 'model.hf.max_text_tokens': expected >= 2" in _error(capsys)
+    config.write_text(yaml.safe_dump({"run": {"output_root": str(tmp_path / "runs")},
+                                      "model": {"name": "hf_at"}, "train": {"grad_accum": 0}}))
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 2
+    assert _error(capsys) == "error: config key 'train.grad_accum': expected >= 1, got 0"
+    assert not (tmp_path / "runs").exists()

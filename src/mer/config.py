@@ -139,7 +139,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise UserError(f"bad --set value for '{key.strip()}': {text!r} is not valid YAML ({exc})") from None
+        why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"bad --set value for '{key.strip()}': {text!r} is not valid YAML ({why}; quote the "
+                        "value if it is a string)") from None
     return [p.strip() for p in parts], value
 
 

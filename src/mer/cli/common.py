@@ -12,9 +12,71 @@ from mer.config import load_config, to_dict, validate
 from mer.data.feature_dataset import FeatureDataset
 from mer.errors import UserError
 from mer.models import build_model
+from mer.models.registry import MODE_MODALITIES
 from mer.runtime import Precision, resolve_precision, select_device
 from mer.schema import ExperimentConfig, ModelConfig
 from mer.training.checkpoint import load_checkpoint
+
+# The per-epoch validation metrics (`loss` + the summaries of `compute_metrics`) that train.best_metric and
+# train.scheduler.metric may name.
+VAL_METRICS = ("loss", "acc", "macro_f1", "weighted_f1", "uar")
+
+
+def check_train_config(cfg: ExperimentConfig) -> None:
+    """The value ranges of the training settings the schema cannot express, checked before a run directory exists:
+    a bad one is a one-line UserError naming the key (rather than a traceback or a failure after an epoch)."""
+    train, data = cfg.train, cfg.data
+    checks = [
+        ("train.epochs", train.epochs, train.epochs >= 1, ">= 1"),
+        ("train.grad_accum", train.grad_accum, train.grad_accum >= 1, ">= 1"),
+        ("data.batch_size", data.batch_size, data.batch_size >= 1, ">= 1"),
+        ("data.eval_batch_size", data.eval_batch_size, data.eval_batch_size >= 1, ">= 1"),
+        ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0"),
+        ("train.lr", train.lr, train.lr >= 0, ">= 0"),
+        ("train.weight_decay", train.weight_decay, train.weight_decay >= 0, ">= 0"),
+        ("train.best_metric", train.best_metric, train.best_metric in VAL_METRICS, f"one of {', '.join(VAL_METRICS)}"),
+        ("train.ema.decay", train.ema.decay, 0.0 <= train.ema.decay <= 1.0, "in [0, 1]"),
+        ("train.loss.label_smoothing", train.loss.label_smoothing, 0.0 <= train.loss.label_smoothing <= 1.0,
+         "in [0, 1]"),
+        ("train.augment.modality_dropout", train.augment.modality_dropout,
+         0.0 <= train.augment.modality_dropout <= 1.0, "in [0, 1]"),
+        ("train.augment.feature_noise", train.augment.feature_noise, train.augment.feature_noise >= 0, ">= 0"),
+        ("train.scheduler.warmup_epochs", train.scheduler.warmup_epochs, train.scheduler.warmup_epochs >= 0, ">= 0"),
+        ("train.scheduler.min_lr", train.scheduler.min_lr, train.scheduler.min_lr >= 0, ">= 0"),
+        ("train.best_mode", train.best_mode, (train.best_metric == "loss") == (train.best_mode == "min"),
+         f"'{'min' if train.best_metric == 'loss' else 'max'}' for best_metric {train.best_metric!r}"),
+    ]
+    if train.scheduler.name == "plateau":
+        checks += [
+            ("train.scheduler.metric", train.scheduler.metric, train.scheduler.metric in VAL_METRICS,
+             f"one of {', '.join(VAL_METRICS)}"),
+            ("train.scheduler.factor", train.scheduler.factor, 0.0 < train.scheduler.factor < 1.0, "in (0, 1)"),
+            ("train.scheduler.patience", train.scheduler.patience, train.scheduler.patience >= 0, ">= 0"),
+            ("train.scheduler.mode", train.scheduler.mode,
+             (train.scheduler.metric == "loss") == (train.scheduler.mode == "min"),
+             f"'{'min' if train.scheduler.metric == 'loss' else 'max'}' for metric {train.scheduler.metric!r}"),
+        ]
+    if train.class_weights.clip is not None:
+        checks.append(("train.class_weights.clip", train.class_weights.clip, train.class_weights.clip > 0, "> 0"))
+    if train.early_stopping.patience is not None:
+        checks.append(("train.early_stopping.patience", train.early_stopping.patience,
+                       train.early_stopping.patience >= 1, ">= 1 or null (never stop early)"))
+    checks += [(f"train.lr_overrides.{k}", v, v >= 0, ">= 0") for k, v in train.lr_overrides.items()]
+    checks += [(f"train.sampler.dataset_factors.{k}", v, v > 0, "> 0")
+               for k, v in train.sampler.dataset_factors.items()]
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise UserError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def check_feature_config(cfg: ExperimentConfig, tool: str) -> None:
+    """What train.py / evaluate.py need of a config: a feature-store model and a store."""
+    if cfg.model.name == "hf_at":
+        other = "train_hf_e2e.py" if tool == "train.py" else "evaluate_hf_e2e.py"
+        raise UserError(f"config key 'model.name': 'hf_at' is the end-to-end model; use {other}, not {tool}")
+    if not cfg.data.store:
+        raise UserError(f"config key 'data.store': not set; {tool} reads a feature store (the folder written by "
+                        "extract_at_features*.py or build_memmap_features.py)")
 
 
 def open_feature_view(store, cfg: ExperimentConfig, view_name: str) -> FeatureDataset:
@@ -63,6 +125,12 @@ def eval_model_from_checkpoint(run_dir: Path, which: str, device: torch.device,
     model.load_state_dict(weights)
     stats = state.get("feature_stats")
     for dataset in datasets:
+        for modality in MODE_MODALITIES[state["model_cfg"]["mode"]]:
+            have, want = getattr(dataset, f"{modality}_dim"), state[f"{modality}_dim"]
+            if have != want:
+                raise UserError(f"{which}.pt of {run_dir} was trained on {want}-dim {modality} features, but the "
+                                f"store {getattr(dataset.store, 'path', '')} has {have} (evaluate with the run's "
+                                "own kind of features)")
         dataset.standardize({k: v.numpy() for k, v in stats.items()} if stats else None)
     return model.to(device).eval()
 

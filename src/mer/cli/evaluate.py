@@ -6,6 +6,7 @@ import argparse
 
 from mer.cli.common import (
     add_eval_args,
+    check_feature_config,
     eval_model_from_checkpoint,
     open_feature_view,
     open_run,
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_dir, cfg, device, precision = open_run(args)
+    check_feature_config(cfg, "evaluate.py")
     store = open_store(args.store or cfg.data.store)
     datasets = {name: open_feature_view(store, cfg, name) for name in args.view}
     model = eval_model_from_checkpoint(run_dir, args.checkpoint, device, datasets.values())

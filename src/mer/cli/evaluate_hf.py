@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_dir, cfg, device, precision = open_run(args)
+    if cfg.model.name != "hf_at":
+        raise UserError(f"{run_dir}: a {cfg.model.name} run; evaluate it with evaluate.py")
     manifest = args.manifest or cfg.data.manifest
     rows = read_rows(manifest)
     model, encoders, state = model_from_run(run_dir, args.checkpoint)

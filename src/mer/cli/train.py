@@ -7,6 +7,8 @@ import time
 
 from mer.cli.common import (
     build_feature_model,
+    check_feature_config,
+    check_train_config,
     eval_model_from_checkpoint,
     fit_standardization,
     open_feature_view,
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     loaded = config_from_args(args)
     cfg = loaded.cfg
+    check_feature_config(cfg, "train.py")
+    check_train_config(cfg)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = select_device(cfg.run.device)
     precision = resolve_precision(cfg.train.amp, device)

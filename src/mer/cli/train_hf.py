@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import RandomSampler
 
-from mer.cli.common import print_eval_table
+from mer.cli.common import check_train_config, print_eval_table
 from mer.cli.evaluate_hf import (
     ENCODERS_DIR,
     ENCODERS_JSON,
@@ -71,6 +71,10 @@ def check_config(cfg: ExperimentConfig) -> None:
     if cfg.train.augment.feature_noise:
         raise UserError("config key 'train.augment.feature_noise': applies to feature-store models only; set it "
                         "to 0 for the end-to-end model")
+    max_tokens = cfg.model.hf.max_text_tokens
+    if max_tokens is not None and max_tokens < 2:
+        raise UserError(f"config key 'model.hf.max_text_tokens': expected >= 2 (room for the special tokens) or "
+                        f"null (the text encoder's own limit), got {max_tokens}")
     if cfg.data.bucket_batches < 1:
         raise UserError(f"config key 'data.bucket_batches': expected >= 1 (1 = random batches), got "
                         f"{cfg.data.bucket_batches}")
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = config_from_args(args)
     cfg = loaded.cfg
     check_config(cfg)
+    check_train_config(cfg)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = select_device(cfg.run.device)
     precision = resolve_precision(cfg.train.amp, device)

@@ -326,7 +326,7 @@ def check_layer(model: nn.Module, layer: Layer) -> None:
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
         raise UserError(
             f"layer {layer!r} does not exist: {getattr(model, 'name_or_path', '') or type(model).__name__} has "
-            f"{n - 1} layers (valid: 0..{n - 1}, -{n}..-1, 'last' or 'mean')"
+            f"{n - 1} layers (valid: 0..{n - 1}, -{n}..-1, 'last', 'mean' or 'weighted')"
         )
 
 
