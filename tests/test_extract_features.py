@@ -194,13 +194,13 @@ def test_rerun_skips_done_rows_and_a_killed_run_resumes(corpus, tmp_path, monkey
     full = tmp_path / "full"
     assert extract(corpus, full) == 0
     read: list[str] = []
-    real_read = ex.read_clip
+    real_read = ex.decode_audio
 
     def counting_read(path, *args, **kwargs):
         read.append(Path(path).relative_to(corpus.parent / "audio").with_suffix("").as_posix())
         return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "read_clip", counting_read)
+    monkeypatch.setattr(ex, "decode_audio", counting_read)
     assert extract(corpus, full) == 0  # nothing done is read or computed again; the failures are retried
     assert sorted(read) == sorted(rid for rid, why in FAILED.items() if why != "bad_row")
     report = json.loads((full / "extract_report.json").read_text())

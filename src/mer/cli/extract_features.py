@@ -29,14 +29,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from mer.data.audio import BAD_AUDIO, ClipError, decode_audio
 from mer.data.manifest import manifest_sha256, read_manifest
 from mer.errors import UserError
 from mer.features.memmap import MEMMAP_JSON, build_memmap, memmap_is_current
-from mer.features.mfcc import N_MELS, SAMPLE_RATE, MFCCMeanStd
+from mer.features.mfcc import N_MELS, MFCCMeanStd
 from mer.features.store import FeatureStoreWriter
 from mer.features.text_hash import TextHasher
 from mer.io import atomic_write_text
@@ -47,61 +47,7 @@ REPORT_NAME = "extract_report.json"
 WINDOW = 2048  # rows per write window (= one store shard): the unit a killed run loses at most
 SHOW_FAILURES = 20  # failures listed on screen; the report lists all
 
-# Reasons a row is left out of the store (the keys of the report's "failed" counts).
-MISSING_FILE = "missing_file"
-UNREADABLE = "unreadable"
-EMPTY_AUDIO = "empty_audio"
-BAD_AUDIO = "bad_audio"
-BAD_ROW = "bad_row"
-
-
-class ClipError(Exception):
-    """A clip that cannot be used: `reason` (one of the reasons above) and a one-line `detail`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-def read_clip(path: Path, sr: int = SAMPLE_RATE, pcm16: bool = False) -> tuple[np.ndarray, bool]:
-    """A WAV (or any libsndfile format) as mono float32 at `sr`, and whether it had to be converted.
-
-    Conversion follows `librosa.load(path, sr=sr)`: mean over channels, then soxr HQ resampling. With `pcm16`,
-    a file that is already 16-bit mono at `sr` comes back as its int16 samples (`MFCCMeanStd` reads those as
-    `x / 32768`, the float32 values librosa.load would give), saving a float copy.
-    """
-    if not path.is_file():
-        raise ClipError(MISSING_FILE, f"{path}: audio file not found")
-    try:
-        with sf.SoundFile(path) as fh:
-            file_sr, channels = fh.samplerate, fh.channels
-            if fh.subtype == "PCM_16":  # int16 and one exact scaling: faster than libsndfile's float path
-                data = fh.read(dtype="int16", always_2d=True)
-            else:
-                data = fh.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        msg = " ".join(str(exc).split())
-        raise ClipError(UNREADABLE, f"{path}: cannot decode audio ({msg})") from None
-    if data.shape[0] == 0:
-        raise ClipError(EMPTY_AUDIO, f"{path}: no audio samples")
-    converted = channels != 1 or file_sr != sr
-    if data.dtype == np.int16:
-        if pcm16 and not converted:
-            return np.ascontiguousarray(data[:, 0]), False
-        data = data.astype(np.float32)
-        data *= np.float32(2.0**-15)
-    y = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
-    if file_sr != sr:
-        import soxr
-
-        y = soxr.resample(y, file_sr, sr, quality="HQ").astype(np.float32, copy=False)
-        if y.size == 0:
-            raise ClipError(
-                EMPTY_AUDIO, f"{path}: no audio samples left after resampling {file_sr} Hz -> {sr} Hz"
-            )
-    if not np.all(np.isfinite(y)):
-        raise ClipError(BAD_AUDIO, f"{path}: audio has non-finite samples (NaN or inf)")
-    return np.ascontiguousarray(y), converted
+BAD_ROW = "bad_row"  # a manifest row without a usable audio_path (the other reasons: mer.data.audio)
 
 
 # -- worker side ---------------------------------------------------------------------------------------------
@@ -126,7 +72,7 @@ def _extract_batch(
     ids, clips, failures, converted = [], [], [], []
     for rid, path in items:
         try:
-            y, conv = read_clip(Path(path), pcm16=True)
+            y, conv = decode_audio(Path(path), pcm16=True)
         except ClipError as exc:
             failures.append((rid, exc.reason, exc.detail))
             continue

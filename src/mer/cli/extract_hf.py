@@ -31,7 +31,7 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from mer.data.audio import read_clip_cropped
+from mer.data.audio import BAD_AUDIO, EMPTY_AUDIO, MISSING_FILE, UNREADABLE, read_clip_cropped
 from mer.data.context import context_parts, truncate_left
 from mer.data.manifest import manifest_sha256, read_manifest
 from mer.errors import UserError
@@ -58,10 +58,6 @@ from mer.models.hf_encoders import (
 
 REPORT_JSON = "extract_report.json"
 # Reasons a row is left out of the store (the keys of the report's "failed" counts; as extract_at_features.py).
-MISSING_FILE = "missing_file"
-UNREADABLE = "unreadable"
-EMPTY_AUDIO = "empty_audio"
-BAD_AUDIO = "bad_audio"
 BAD_ROW = "bad_row"
 TOO_SHORT = "too_short"
 BAD_EMBEDDING = "bad_embedding"

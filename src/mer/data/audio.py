@@ -17,11 +17,66 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-import torch
 
 SAMPLE_RATE = 16000
 Crop = Literal["start", "center", "random"]
 CROPS = ("start", "center", "random")
+
+
+# Why a clip cannot be used (the extractors' report keys).
+MISSING_FILE = "missing_file"
+UNREADABLE = "unreadable"
+EMPTY_AUDIO = "empty_audio"
+BAD_AUDIO = "bad_audio"
+
+
+class ClipError(Exception):
+    """A clip that cannot be used: `reason` (one of the reasons above) and a one-line `detail`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def decode_audio(path: Path, sr: int = SAMPLE_RATE, pcm16: bool = False) -> tuple[np.ndarray, bool]:
+    """A WAV (or any libsndfile format) as mono float32 at `sr`, and whether it had to be converted.
+
+    Conversion follows `librosa.load(path, sr=sr)`: mean over channels, then soxr HQ resampling. With `pcm16`,
+    a file that is already 16-bit mono at `sr` comes back as its int16 samples (`MFCCMeanStd` reads those as
+    `x / 32768`, the float32 values librosa.load would give), saving a float copy.
+    """
+    if not path.is_file():
+        raise ClipError(MISSING_FILE, f"{path}: audio file not found")
+    try:
+        with sf.SoundFile(path) as fh:
+            file_sr, channels = fh.samplerate, fh.channels
+            if fh.subtype == "PCM_16":  # int16 and one exact scaling: faster than libsndfile's float path
+                data = fh.read(dtype="int16", always_2d=True)
+            else:
+                data = fh.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+        msg = " ".join(str(exc).split())
+        raise ClipError(UNREADABLE, f"{path}: cannot decode audio ({msg})") from None
+    if data.shape[0] == 0:
+        raise ClipError(EMPTY_AUDIO, f"{path}: no audio samples")
+    converted = channels != 1 or file_sr != sr
+    if data.dtype == np.int16:
+        if pcm16 and not converted:
+            return np.ascontiguousarray(data[:, 0]), False
+        data = data.astype(np.float32)
+        data *= np.float32(2.0**-15)
+    y = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    if file_sr != sr:
+        import soxr
+
+        y = soxr.resample(y, file_sr, sr, quality="HQ").astype(np.float32, copy=False)
+        if y.size == 0:
+            raise ClipError(
+                EMPTY_AUDIO, f"{path}: no audio samples left after resampling {file_sr} Hz -> {sr} Hz"
+            )
+    if not np.all(np.isfinite(y)):
+        raise ClipError(BAD_AUDIO, f"{path}: audio has non-finite samples (NaN or inf)")
+    return np.ascontiguousarray(y), converted
 
 
 def _offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
@@ -31,6 +86,8 @@ def _offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
         return excess // 2
     if rng is not None:
         return int(rng.integers(0, excess + 1))
+    import torch  # here, not at import: the extraction workers need no torch
+
     return int(torch.randint(0, excess + 1, (1,)).item())
 
 
