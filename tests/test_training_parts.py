@@ -136,3 +136,20 @@ def test_param_groups_no_decay_for_norms_and_biases_and_lr_overrides():
     assert by_key == {(1e-3, 0.1): 1, (1e-3, 0.0): 3, (1e-4, 0.1): 1, (1e-4, 0.0): 1}
     with pytest.raises(UserError, match="lr_overrides.encoder"):
         param_groups(model, 1e-3, 0.1, {"encoder": 1e-5})
+
+
+def test_init_from_loads_matching_weights_and_refuses_an_unrelated_checkpoint(tmp_path):
+    from mer.training.checkpoint import save_checkpoint
+    from mer.training.loop import init_from_checkpoint
+
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3))
+    save_checkpoint({"model": source.state_dict()}, tmp_path / "same.pt")
+    target = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))  # a new head for another label set
+    assert init_from_checkpoint(target, str(tmp_path / "same.pt")) == (2, 2)
+    assert torch.equal(target[0].weight, source[0].weight)
+
+    save_checkpoint({"model": {"1.bias": torch.zeros(2), "encoder.weight": torch.zeros(100, 100)}},
+                    tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not fit this model"):
+        init_from_checkpoint(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), str(tmp_path / "other.pt"))

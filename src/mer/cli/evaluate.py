@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             model, dataset, out_dir=run_dir / f"eval_{name}", run_name=run_dir.name, view_name=name,
             checkpoint=args.checkpoint, device=device, precision=precision,
             batch_size=args.batch_size or cfg.data.eval_batch_size, collate_fn=collate_batch,
-            num_workers=cfg.data.num_workers)
+            num_workers=cfg.data.num_workers, progress=not args.quiet)
     print_eval_table(results)
     for name in results:
         print(f"wrote {run_dir / f'eval_{name}'}")

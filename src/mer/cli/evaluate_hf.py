@@ -104,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="evaluate_hf_e2e.py", description="Evaluate an end-to-end (hf_at) run on views of its config; "
         "rebuilds the model from the run directory alone (no hub access); writes <run>/eval_<view>/.")
     add_eval_args(parser, "--manifest", "manifest to read instead of the config's data.manifest")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

@@ -294,13 +294,19 @@ class Trainer:
 def init_from_checkpoint(model: nn.Module, path: str) -> tuple[int, int]:
     """Load the model weights of another run's checkpoint (`train.init_from`): (loaded, skipped) tensor counts.
 
-    Tensors whose name and shape match are loaded; the rest keep their initialisation. No match at all is an error.
+    Tensors whose name and shape match are loaded; the rest keep their initialisation (a new head for another
+    label set, an encoder the checkpoint's mode did not have). The matched weights must make up at least half of
+    this model or half of the checkpoint: anything less means an unrelated checkpoint, an error.
     """
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise UserError(f"config key 'train.init_from': no weight of {path} matches this model")
+    size = sum(v.numel() for v in matched.values())
+    share = max(size / max(1, sum(v.numel() for v in own.values())),
+                size / max(1, sum(v.numel() for v in state.values())))
+    if share < 0.5:
+        raise UserError(f"config key 'train.init_from': {path} does not fit this model (its matching weights are "
+                        f"{share:.0%} of the model or of the checkpoint; a checkpoint of another model?)")
     model.load_state_dict(matched, strict=False)
     return len(matched), len(own) - len(matched)
 
