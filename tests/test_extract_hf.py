@@ -15,6 +15,7 @@ from helpers_hf import make_tiny_roberta, make_tiny_wavlm
 
 from mer.cli import extract_hf
 from mer.data.context import build_context, truncate_left
+from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.errors import run_cli
 from mer.features.memmap import MemmapStore
 from mer.features.store import FeatureStoreReader
@@ -22,10 +23,8 @@ from mer.models.hf_encoders import (
     encode_audio,
     encode_text,
     load_encoder,
-    pad_token_ids,
     pool_audio,
     pool_text,
-    prepare_audio,
     text_max_length,
 )
 

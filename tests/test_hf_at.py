@@ -14,6 +14,7 @@ from helpers_hf import make_tiny_roberta, make_tiny_wavlm, minilm_path
 from helpers_manifest import make_tone_manifest
 
 from mer.config import validate
+from mer.data.hf_inputs import prepare_audio
 from mer.data.manifest_dataset import HFCollator, ManifestDataset
 from mer.errors import UserError
 from mer.models import build_model
@@ -24,7 +25,7 @@ from mer.models.hf_at import (
     load_hf_encoders,
     save_encoder_files,
 )
-from mer.models.hf_encoders import encode_audio, load_encoder, pool_audio, prepare_audio, select_layer
+from mer.models.hf_encoders import encode_audio, load_encoder, pool_audio, select_layer
 from mer.schema import ModelConfig, TaskConfig, ViewConfig
 
 LABELS = ["anger", "joy", "sadness", "neutral"]

@@ -9,6 +9,7 @@ import torch
 from helpers_hf import make_tiny_roberta, make_tiny_wavlm
 
 from mer.data.context import build_context, context_parts, truncate_left
+from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.errors import UserError
 from mer.models.blocks import masked_mean, mean_std_pool
 from mer.models.hf_encoders import (
@@ -20,12 +21,10 @@ from mer.models.hf_encoders import (
     frame_mask_from_waveform_mask,
     load_encoder,
     min_audio_samples,
-    pad_token_ids,
     parse_layer,
     pool_audio,
     pool_text,
     pooled_dim,
-    prepare_audio,
     select_layer,
     text_max_length,
 )

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from mer.data.audio import BAD_AUDIO, EMPTY_AUDIO, MISSING_FILE, UNREADABLE, read_clip_cropped
 from mer.data.context import context_parts, truncate_left
+from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.data.manifest import manifest_sha256, read_manifest
 from mer.errors import UserError
 from mer.features.memmap import MEMMAP_JSON, build_memmap, memmap_is_current
@@ -47,12 +48,10 @@ from mer.models.hf_encoders import (
     encoder_fingerprint,
     load_encoder,
     min_audio_samples,
-    pad_token_ids,
     parse_layer,
     pool_audio,
     pool_text,
     pooled_dim,
-    prepare_audio,
     text_max_length,
 )
 

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from mer.data.audio import SAMPLE_RATE, clip_samples, read_clip
 from mer.data.context import DEFAULT_SEP, context_parts, truncate_left
+from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.data.manifest import read_manifest
 from mer.data.task import empty_view_message, task_label_ids
 from mer.data.views import describe_view, select_rows
@@ -234,8 +235,6 @@ class HFCollator:
         self.max_text_tokens, self.min_audio_samples = int(max_text_tokens), int(min_audio_samples)
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        from mer.models.hf_encoders import pad_token_ids, prepare_audio
-
         batch = {
             "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),

@@ -33,7 +33,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -199,25 +198,6 @@ def frame_mask_from_waveform_mask(model: nn.Module, attention_mask: Tensor) -> T
     return torch.arange(total, device=attention_mask.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def prepare_audio(processor, waveforms: Sequence[np.ndarray], sampling_rate: int | None = None) -> dict[str, Tensor]:
-    """Clips (1-D float arrays at the processor's rate) -> `input_values` [B, S] float32, `attention_mask` [B, S].
-
-    The attention mask is always requested, so the feature extractor normalises each clip over its own samples
-    (and zeroes the padding) whatever its `return_attention_mask` default: batching never changes a clip's input.
-    """
-    if not waveforms:
-        raise ValueError("prepare_audio needs at least one clip")
-    rate = sampling_rate or int(processor.sampling_rate)
-    enc = processor(
-        [np.asarray(w, dtype=np.float32) for w in waveforms],
-        sampling_rate=rate,
-        padding="longest",
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    return {"input_values": enc["input_values"].float(), "attention_mask": enc["attention_mask"].long()}
-
-
 @contextlib.contextmanager
 def _clipwise_feature_encoder(model: nn.Module, lengths: list[int]) -> Iterator[None]:
     """While active, `model.feature_extractor` runs each clip alone on its first `lengths[b]` samples and pads
@@ -285,15 +265,6 @@ def text_max_length(model: nn.Module, tokenizer) -> int:
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
         limit = min(limit, tok_max)
     return max(limit, 2)
-
-
-def pad_token_ids(tokenizer, ids: Sequence[Sequence[int]]) -> dict[str, Tensor]:
-    """Right-pad token id lists into `input_ids` [B, L] and `attention_mask` [B, L] (long tensors)."""
-    enc = tokenizer.pad(
-        {"input_ids": [list(x) for x in ids]}, padding="longest", padding_side="right",
-        return_attention_mask=True, return_tensors="pt",
-    )
-    return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
 
 def encode_text(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layer: Layer = "last") -> Tensor:
