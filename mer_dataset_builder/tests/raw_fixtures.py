@@ -490,7 +490,7 @@ def make_folder(root: Path, layout: str = "split", seconds: float = 0.5) -> RawC
     found = 7
     if layout == "split":
         write_tone(root / "misc" / "anger" / "x_1.wav", 16000, 1, seconds)
-        c.skip("misc/anger/x_1.wav", "not under train/, val/ or test/")
+        c.skip("misc/anger/x_1.wav", "not under train/, val/ (or dev/, valid/, validation/) or test/")
         found += 1
     write_bytes(root / "transcripts.csv", ("\n".join(transcripts) + "\n").encode())
     c.options = {"name": "MyCorpus", "label_map": {"happy": "joy", "mumble": "drop"}}

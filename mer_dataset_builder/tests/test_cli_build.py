@@ -193,6 +193,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
         "error: --min-duration nan / --max-duration None: expected numbers with 0 <= min < max")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--max-duration", "nan"]) == (
         "error: --min-duration 0.3 / --max-duration nan: expected numbers with 0 <= min < max")
+    assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--max-duration", "inf"]) == (
+        "error: --min-duration 0.3 / --max-duration inf: expected numbers with 0 <= min < max")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--option", "ravdess.foo=1"]) == (
         "error: --option ravdess.foo=1: RAVDESS has no option 'foo' (its options: none)")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--path", "ravdess=/no/such/dir"]) == (

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from raw_fixtures import assert_matches, make_folder, parse_by_id, run_parser, write_unclosed_quote_csv
+from raw_fixtures import (
+    assert_matches,
+    make_folder,
+    parse_by_id,
+    run_parser,
+    write_tone,
+    write_unclosed_quote_csv,
+)
 
 from mer_builder.prepare import parse_folder
 from mer_builder.prepare.records import RawItem
@@ -81,3 +88,13 @@ def test_transcripts_with_an_unclosed_quote_are_a_one_line_error(tmp_path: Path)
     write_unclosed_quote_csv(corpus.root / "transcripts.csv", "path,text")
     with pytest.raises(ValueError, match=r"transcripts.csv: not a readable CSV \(field larger than field limit"):
         run_parser(parse_folder.parse, corpus.root, **corpus.options)
+
+
+def test_dev_and_valid_split_folders_are_the_val_split(tmp_path: Path) -> None:
+    for split in ("train", "dev", "valid", "test"):
+        write_tone(tmp_path / "Mine" / split / "anger" / f"spk_{split}.wav", 16000, 1, 0.5)
+    items, report = run_parser(parse_folder.parse, tmp_path / "Mine", name="Mine")
+    assert {it.id: it.split for it in items} == {
+        "Mine/train/anger/spk_train": "train", "Mine/dev/anger/spk_dev": "val",
+        "Mine/valid/anger/spk_valid": "val", "Mine/test/anger/spk_test": "test"}
+    assert report.skipped == []

@@ -232,7 +232,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise BuildError(str(exc)) from None
     ratios = _ratios(args.ratios)
     if not math.isfinite(args.min_duration) or args.min_duration < 0 or (
-            args.max_duration is not None and not args.max_duration > args.min_duration):
+            args.max_duration is not None and not (math.isfinite(args.max_duration)
+                                                   and args.max_duration > args.min_duration)):
         raise BuildError(f"--min-duration {args.min_duration} / --max-duration {args.max_duration}: expected "
                          "numbers with 0 <= min < max")
     if args.jobs is not None and args.jobs < 1:

@@ -27,7 +27,7 @@ from mer_builder.prepare.policy import LabelPolicy
 from mer_builder.prepare.records import ParseReport, RawItem
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
-SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "test"}
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 TRANSCRIPTS_FILE = "transcripts.csv"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -128,7 +128,7 @@ def parse(
         if split_layout:
             split = SPLIT_FOLDERS.get(parts[0].lower()) if len(parts) > 1 else None
             if split is None:
-                report.skip(path, "not under train/, val/ or test/ (the corpus has split folders)")
+                report.skip(path, "not under train/, val/ (or dev/, valid/, validation/) or test/ (the corpus has split folders)")
                 continue
             label_parts = parts[1:]
         if len(label_parts) < 2:
