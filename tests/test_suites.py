@@ -98,9 +98,9 @@ def test_dry_run_shows_each_runs_config_and_overrides(tmp_path, capsys):
     assert f"data.manifest={data / 'meta_manifest.jsonl'}" in sets
     _, _, config, views, _, sets = runs["paper_iemocap4_seed1_fold3_T"]
     assert (config, views) == ("mer_builder_at_hf_e2e_iemocap4_cv.yaml", "cv_test")
-    for item in ("run.seed=1", "model.mode=T", "'data.views.cv_train.speaker_regex=^IEMOCAP/Ses0[1245]_'",
-                 "'data.views.cv_val.speaker_regex=^IEMOCAP/Ses03_F'",
-                 "'data.views.cv_test.speaker_regex=^IEMOCAP/Ses03_M'",
+    for item in ("run.seed=1", "model.mode=T", "'data.views.cv_train.speaker_regex=^IEMOCAP/(?!Ses04_F)Ses0[1245]_'",
+                 "'data.views.cv_val.speaker_regex=^IEMOCAP/Ses04_F'",
+                 "'data.views.cv_test.speaker_regex=^IEMOCAP/Ses03_'",
                  "'train.lr_overrides={text_encoder.: 2.0e-05}'", "run.name=paper_iemocap4_seed1_fold3_T"):
         assert item in sets
     _, _, config, views, _, sets = runs["paper_loco_exclude_EmoV-DB"]
@@ -127,8 +127,8 @@ def test_full_profile_keeps_the_shipped_configs_and_sets_only_paths_names_and_th
     rows = [{"dataset": sp.split("/")[0], "speaker": sp} for sp in speakers]
     cv = runs["paper_iemocap4_seed2_fold4_AT"].cfg
     picked = {v: [speakers[i] for i in select_rows(rows, cv.data.views[v])] for v in ("cv_train", "cv_val", "cv_test")}
-    assert picked == {"cv_train": [s for s in speakers[:10] if "Ses04" not in s], "cv_val": ["IEMOCAP/Ses04_F"],
-                      "cv_test": ["IEMOCAP/Ses04_M"]}
+    assert picked == {"cv_train": [s for s in speakers[:10] if "Ses04" not in s and s != "IEMOCAP/Ses05_F"],
+                      "cv_val": ["IEMOCAP/Ses05_F"], "cv_test": ["IEMOCAP/Ses04_F", "IEMOCAP/Ses04_M"]}
     assert cv.run.seed == 2 and cv.data.task.labels == ["neutral", "joy", "sadness", "anger"]
     loco = runs["paper_loco_exclude_MELD"].cfg
     rows = [{"dataset": d, "split": s} for d in ("RAVDESS", "MELD", "IEMOCAP") for s in ("train", "val", "test")]

@@ -141,12 +141,13 @@ def loco_steps() -> tuple[Step, ...]:
 
 
 def iemocap_fold_overrides(fold: int) -> tuple[str, ...]:
-    """The documented fold override of mer_builder_at_hf_e2e_iemocap4_cv.yaml: train on the other four sessions,
-    validate on the held-out session's female speaker, test on its male speaker."""
+    """The documented fold override of mer_builder_at_hf_e2e_iemocap4_cv.yaml (leave one session out): test on the
+    whole held-out session, validate on the female speaker of the next session, train on the other seven speakers."""
+    val = fold % len(IEMOCAP_SESSIONS) + 1
     others = "".join(str(s) for s in IEMOCAP_SESSIONS if s != fold)
-    return (f"data.views.cv_train.speaker_regex=^IEMOCAP/Ses0[{others}]_",
-            f"data.views.cv_val.speaker_regex=^IEMOCAP/Ses0{fold}_F",
-            f"data.views.cv_test.speaker_regex=^IEMOCAP/Ses0{fold}_M")
+    return (f"data.views.cv_train.speaker_regex=^IEMOCAP/(?!Ses0{val}_F)Ses0[{others}]_",
+            f"data.views.cv_val.speaker_regex=^IEMOCAP/Ses0{val}_F",
+            f"data.views.cv_test.speaker_regex=^IEMOCAP/Ses0{fold}_")
 
 
 def iemocap_cv_steps(seeds: tuple[int, ...] = DEFAULT_SEEDS) -> tuple[Step, ...]:
