@@ -16,11 +16,9 @@ from mer.cli.common import (
 )
 from mer.config import (
     add_config_args,
-    check_resume_compatible,
     config_from_args,
-    make_run_dir,
+    prepare_run,
     to_dict,
-    write_resolved,
 )
 from mer.data.feature_dataset import collate_batch
 from mer.evaluation.evaluate import evaluate_view
@@ -61,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
 
     split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
-    run_dir = make_run_dir(cfg.run.output_root, cfg.run.name, resume=args.resume)
-    if args.resume:
-        check_resume_compatible(loaded, run_dir)
-    write_resolved(loaded, run_dir)
+    run_dir = prepare_run(loaded, resume=args.resume)
     print(f"run {run_dir}  device {device}  train {len(train_set)}  val {len(val_set)}  "
           f"model {cfg.model.name}/{cfg.model.mode}")
 
