@@ -396,3 +396,48 @@ def test_names_match_case_and_punctuation_insensitively():
     assert set(CORPORA) == {"RAVDESS", "CREMA-D", "MELD", "EmoV-DB", "EmoDB", "IEMOCAP", "MEAD", "ESD"}
     with pytest.raises(DownloadError, match="unknown corpus 'tess'; expected one of: RAVDESS, CREMA-D"):
         corpus_folder("tess")
+
+
+# ------------------------------------------------------------------------------ broken archives (issue 10)
+
+
+def test_truncated_tar_gz_is_a_one_line_error(tmp_path):
+    whole = _tar({"MELD.Raw/a.bin": bytes(range(256)) * 4000})
+    for cut in (40, len(whole) // 2):  # cut inside the gzip header's first block, then mid-stream
+        archive = tmp_path / f"cut{cut}.tar.gz"
+        archive.write_bytes(whole[:cut])
+        with pytest.raises(DownloadError, match=rf"cut{cut}\.tar\.gz") as info:
+            safe_extract(archive, tmp_path / f"out{cut}")
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / f"out{cut}").exists()
+    assert _leftovers(tmp_path) == sorted(f"cut{c}.tar.gz" for c in (40, len(whole) // 2))
+
+
+def test_broken_download_without_checksum_is_deleted_and_a_rerun_fetches_it_again(server, tmp_path):
+    url = f"{server.base}/mirror/Audio_Speech_Actors_01-24.zip"
+    server.files["/mirror/Audio_Speech_Actors_01-24.zip"] = b"<html>503 try again later</html>"
+    with pytest.raises(DownloadError, match=r"download from .* is broken: .* not a zip or tar archive; it was "
+                                            r"deleted, rerun to download it again"):
+        download_corpus("ravdess", tmp_path, url=url, progress=False)
+    assert _leftovers(tmp_path / "downloads") == []
+    server.files["/mirror/Audio_Speech_Actors_01-24.zip"] = _zip({"Actor_01/03-01-05-01-01-01-01.wav": b"RIFF"})
+    root = download_corpus("ravdess", tmp_path, url=url, progress=False)  # the mirror is fixed: the rerun works
+    assert (root / "Actor_01" / "03-01-05-01-01-01-01.wav").read_bytes() == b"RIFF"
+
+
+def test_broken_archive_left_by_an_earlier_run_is_fetched_again(server, tmp_path):
+    good = _zip({"Actor_01/03-01-05-01-01-01-01.wav": b"RIFF"})
+    server.files["/r/Audio_Speech_Actors_01-24.zip"] = good
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "Audio_Speech_Actors_01-24.zip").write_bytes(good[: len(good) // 2])
+    root = download_corpus("ravdess", tmp_path, url=f"{server.base}/r/Audio_Speech_Actors_01-24.zip", progress=False)
+    assert (root / "Actor_01" / "03-01-05-01-01-01-01.wav").read_bytes() == b"RIFF"
+    assert (tmp_path / "downloads" / "Audio_Speech_Actors_01-24.zip").read_bytes() == good
+
+
+def test_archive_that_breaks_off_mid_stream_is_deleted_after_a_failed_extraction(server, tmp_path):
+    whole = _tar({"Actor_01/03-01-05-01-01-01-01.wav": bytes((i * 7919) % 251 for i in range(400_000))})
+    server.files["/r.tar.gz"] = whole[: len(whole) // 2]  # opens (first member readable), fails while extracting
+    with pytest.raises(DownloadError, match=r"cannot extract .*r\.tar\.gz.*deleted .*: rerun to download it again"):
+        download_corpus("ravdess", tmp_path, url=f"{server.base}/r.tar.gz", progress=False)
+    assert _leftovers(tmp_path) == ["downloads"] and _leftovers(tmp_path / "downloads") == []

@@ -1,7 +1,9 @@
 """Resumable, verified downloads and safe archive extraction (shared by the per-corpus modules).
 
 `fetch` streams a URL into `<file>.part`, resumes an interrupted transfer with an HTTP Range request, and
-renames the part to its final name only once the transfer is complete and its checksum is right.
+renames the part to its final name only once the transfer is complete and its checksum is right; an archive
+without a published checksum must at least open as a zip or tar, and one found broken (after the transfer, or
+when its extraction fails) is deleted so that a rerun downloads it again instead of failing on it forever.
 `safe_extract` unpacks a zip or tar(.gz/.bz2/.xz) into a hidden staging folder next to the target,
 refusing members that would land outside it and links or devices, and renames the staging folder to the
 target only when every member was extracted.
@@ -44,6 +46,10 @@ class DownloadError(Exception):
 
 class ManualDownload(DownloadError):
     """The corpus cannot be fetched by URL here; the message says how to get it and where to put it."""
+
+
+class CorruptArchive(DownloadError):
+    """An archive that is not a zip or tar, or that breaks off or is damaged while it is read."""
 
 
 class GatedCorpus(ManualDownload):
@@ -162,6 +168,7 @@ def fetch(
     progress: bool = True,
     *,
     md5: str | None = None,
+    archive: bool = False,
     retries: int = 3,
     retry_wait: float = 2.0,
     timeout: float = 60.0,
@@ -172,13 +179,19 @@ def fetch(
     failure (dropped connection, short read, 5xx) is retried `retries` times, each resuming with a Range
     request; a server answering 200 instead of 206 restarts the part cleanly. On a checksum mismatch the
     part is deleted and DownloadError names the file, the expected and the actual digest. Without a
-    known checksum the sha256 seen is logged and written next to the file as `<file>.sha256`.
+    known checksum the sha256 seen is logged and written next to the file as `<file>.sha256`, and with
+    `archive` the file must at least open as a zip or tar (`archive_problem`): a bad transfer is deleted
+    with a DownloadError that says to rerun, and a bad file left by an earlier run is fetched again.
     """
     dest_file = Path(dest_file)
     dest_file.parent.mkdir(parents=True, exist_ok=True)
     part = dest_file.with_name(dest_file.name + ".part")
     name = dest_file.name
+    unverified_archive = archive and not (sha256 or md5)
 
+    if dest_file.exists() and unverified_archive and (problem := archive_problem(dest_file)):
+        log.warning("%s; deleting it and downloading again", problem)
+        discard_download(dest_file)
     if dest_file.exists():
         sha, md = _digests(dest_file)
         _verify(dest_file, sha.hexdigest(), md.hexdigest(), sha256, md5, existing=True)
@@ -204,6 +217,10 @@ def fetch(
     except DownloadError:
         part.unlink(missing_ok=True)
         raise
+    if unverified_archive and (problem := archive_problem(part)):
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"the download from {url} is broken: {problem}; it was deleted, rerun to download it "
+                            "again (or give --url another mirror)")
     os.replace(part, dest_file)
     _record(dest_file, sha.hexdigest(), verified=bool(sha256 or md5))
     return sha.hexdigest()
@@ -215,6 +232,12 @@ def _verify(path: Path, sha_seen: str, md5_seen: str, sha256: str | None, md5: s
         if want and want.lower() != seen:
             hint = "; delete it to download again" if existing else "; the download was deleted"
             raise DownloadError(f"checksum mismatch for {path}: expected {algo} {want.lower()}, got {seen}{hint}")
+
+
+def discard_download(path: Path) -> None:
+    """Delete a downloaded file and its `.sha256` record."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
 
 
 def _record(path: Path, sha: str, verified: bool) -> None:
@@ -316,6 +339,45 @@ def _staging_dir(parent: Path, name: str) -> Path:
     return path.resolve()
 
 
+# what a damaged or truncated archive raises while it is read (a short .gz: EOFError; a bad deflate block: zlib.error)
+_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _extractor(archive: Path) -> Callable[[Path, Path, bool], None]:
+    """The extractor for a zip or a tar(.gz/.bz2/.xz); CorruptArchive when the file is neither or is unreadable."""
+    try:
+        if zipfile.is_zipfile(archive):
+            return _extract_zip
+        if tarfile.is_tarfile(archive):  # reads the first block: a truncated .gz raises EOFError here
+            return _extract_tar
+    except _READ_ERRORS as exc:
+        raise CorruptArchive(f"{archive} is not a readable zip or tar archive ({_one_line(exc)})") from None
+    raise CorruptArchive(f"{archive} is not a zip or tar archive")
+
+
+def archive_problem(archive: Path) -> str | None:
+    """Why `archive` cannot be extracted, found cheaply (the zip's central directory, the tar's first member),
+    or None. A fault deeper in a tar stream shows only when it is extracted."""
+    try:
+        extractor = _extractor(Path(archive))
+        if extractor is _extract_zip:
+            with zipfile.ZipFile(archive) as zf:
+                zf.infolist()
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                tf.next()
+    except CorruptArchive as exc:
+        return str(exc)
+    except _READ_ERRORS as exc:
+        return f"{archive} is not a readable zip or tar archive ({_one_line(exc)})"
+    return None
+
+
 def safe_extract(archive: Path, target: Path, *, strip_single_root: bool = False, progress: bool = False) -> Path:
     """Extract a zip or tar(.gz/.bz2/.xz) archive into `target` (which must not exist yet); return `target`.
 
@@ -330,19 +392,14 @@ def safe_extract(archive: Path, target: Path, *, strip_single_root: bool = False
         raise DownloadError(f"archive not found: {archive}")
     if target.exists():
         raise DownloadError(f"cannot extract {archive.name}: {target} already exists")
-    if zipfile.is_zipfile(archive):
-        extractor: Callable[[Path, Path, bool], None] = _extract_zip
-    elif tarfile.is_tarfile(archive):
-        extractor = _extract_tar
-    else:
-        raise DownloadError(f"{archive} is not a zip or tar archive")
+    extractor = _extractor(archive)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(target.parent, target.name)
     try:
         try:
             extractor(archive, staging, progress)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise DownloadError(f"cannot extract {archive}: {exc}") from exc
+        except _READ_ERRORS as exc:
+            raise CorruptArchive(f"cannot extract {archive}: {_one_line(exc)}") from exc
         result = staging
         entries = list(staging.iterdir())
         if strip_single_root and len(entries) == 1 and entries[0].is_dir():
@@ -389,7 +446,7 @@ def install_archives(
     fetched = []
     for arc in archives:
         path = downloads / arc.filename
-        seen = fetch(arc.url, path, arc.sha256, progress, md5=arc.md5)
+        seen = fetch(arc.url, path, arc.sha256, progress, md5=arc.md5, archive=arc.extract)
         fetched.append((arc, path, seen))
 
     staging = _staging_dir(dest, folder)
@@ -404,7 +461,14 @@ def install_archives(
                 where.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, where / arc.filename)
             else:
-                safe_extract(path, where, strip_single_root=arc.strip_single_root, progress=progress)
+                try:
+                    safe_extract(path, where, strip_single_root=arc.strip_single_root, progress=progress)
+                except CorruptArchive as exc:
+                    if arc.sha256 or arc.md5:  # the published file itself: downloading it again cannot help
+                        raise
+                    discard_download(path)  # else the next run would find the same broken file
+                    raise DownloadError(f"{exc}; deleted {path} (no checksum to verify it): rerun to download it "
+                                        "again (or give --url another mirror)") from None
         if post is not None:
             post(build)
         record = {
