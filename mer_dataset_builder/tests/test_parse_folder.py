@@ -86,8 +86,36 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
 def test_transcripts_with_an_unclosed_quote_are_a_one_line_error(tmp_path: Path) -> None:
     corpus = make_folder(tmp_path / "mine")
     write_unclosed_quote_csv(corpus.root / "transcripts.csv", "path,text")
-    with pytest.raises(ValueError, match=r"transcripts.csv: not a readable CSV \(field larger than field limit"):
+    with pytest.raises(ValueError, match=r"transcripts.csv line 2: not a readable CSV \(field larger than field "
+                                         r"limit"):
         run_parser(parse_folder.parse, corpus.root, **corpus.options)
+
+
+def test_a_short_transcripts_csv_with_an_unclosed_quote_names_the_line(tmp_path: Path, capsys) -> None:
+    # small enough that the csv module's field limit never trips: it used to swallow the rest of the file into one
+    # transcript and give every later file "" with only a note
+    corpus = make_folder(tmp_path / "mine")
+    csv_path = corpus.root / "transcripts.csv"
+    csv_path.write_text('path,text\ntrain/anger/spk1_001.wav,Hello\ntrain/happy/spk1_002.wav,"Great, thanks\n'
+                        "train/happy/spk2_001.wav,Fine\ntest/anger/spk4_001.wav,No\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"transcripts.csv line 3: not a readable CSV \(unexpected end of data"):
+        run_parser(parse_folder.parse, corpus.root, **corpus.options)
+    csv_path.write_text('path,text\ntrain/anger/spk1_001.wav,"Hello" there\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"transcripts.csv line 2: not a readable CSV \(',' expected after"):
+        run_parser(parse_folder.parse, corpus.root, **corpus.options)
+
+    from mer_builder.cli import main
+
+    assert main(["build", "--folder", f"MyCorpus={corpus.root}", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: MyCorpus (") and f"{csv_path} line 2" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_quoted_transcripts_with_commas_newlines_and_quotes_are_read(tmp_path: Path) -> None:
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text('Path,Text\n"a/x.wav","Hi, ""you""\nthere"\n\nb/y.wav,plain\n', encoding="utf-8")
+    assert parse_folder.read_transcripts(csv_path) == {"a/x.wav": 'Hi, "you"\nthere', "b/y.wav": "plain"}
 
 
 def test_dev_and_valid_split_folders_are_the_val_split(tmp_path: Path) -> None:

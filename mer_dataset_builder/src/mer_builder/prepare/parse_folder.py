@@ -5,7 +5,8 @@
   or "drop" to leave that folder out, counted). A folder with no label is skipped file by file, its name in the
   reason.
 - Text: `transcripts.csv` (header `path,text`, path relative to root with `/` separators), from the `transcripts`
-  option or `root/transcripts.csv`; files without a row get "" and a note.
+  option or `root/transcripts.csv`; files without a row get "" and a note. A malformed CSV (an unclosed quote)
+  is an error naming the file and line, never a silent loss of every later transcript.
 - Speaker: `speaker_regex` searched in the file stem (its named group `speaker`, else group 1); when it does not
   match, or without a regex, the stem's prefix before the first `_`; else "unknown".
 - Audio files: .wav, .flac, .mp3, .m4a, .ogg (the normalizer decodes them; nothing is decoded here).
@@ -33,26 +34,34 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def read_transcripts(path: Path) -> dict[str, str]:
-    """path below root (posix) -> text, from a `path,text` CSV."""
+    """path below root (posix) -> text, from a `path,text` CSV.
+
+    Read strictly: a quote that never closes (which would swallow every later row into one field) or stray text
+    after a closing quote is a ValueError naming the file and the line where the broken row starts.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"transcripts file not found: {path}")
     text, _ = read_text(path, ("cp1252",))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     out: dict[str, str] = {}
+    row_start = 1  # the line on which the row being read begins
     try:
-        fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
+        header = next(reader, [])
+        fields = [f.strip().lower() for f in header]
         if "path" not in fields or "text" not in fields:
             raise ValueError(f"{path}: expected the header path,text, got {','.join(fields) or 'nothing'}")
-        reader.fieldnames = fields
-        for row in reader:
-            rel = (row.get("path") or "").strip().replace("\\", "/")
+        i_path, i_text = fields.index("path"), fields.index("text")
+        row_start = reader.line_num + 1
+        for cells in reader:
+            row_start = reader.line_num + 1
+            rel = (cells[i_path] if i_path < len(cells) else "").strip().replace("\\", "/")
             while rel.startswith("./"):
                 rel = rel[2:]
             if rel:
-                out[rel] = (row.get("text") or "").strip()
+                out[rel] = (cells[i_text] if i_text < len(cells) else "").strip()
     except csv.Error as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc}; an unclosed quote?)") from None
+        raise ValueError(f"{path} line {row_start}: not a readable CSV ({exc}; an unclosed quote?)") from None
     return out
 
 
