@@ -206,6 +206,8 @@ def print_build_summary(result: BuildResult, seconds: float, validation: Any | N
         p("Warnings:")
         for wmsg in result.warnings[:5]:
             p(f"  {wmsg}")
+        if len(result.warnings) > 5:
+            p(f"  (+{len(result.warnings) - 5} more: every warning is in {BUILD_REPORT_JSON} and {SUMMARY_JSON})")
     out = result.out
     p(f"Files in {out}:")
     files = [(f"{MANIFEST_JSONL}, {MANIFEST_CSV}", "the manifest (one row per utterance)"),
@@ -247,7 +249,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items() if k != "func"}
     result = build_dataset(
         corpora, out, policy, jobs=args.jobs, seed=args.seed, ratios=ratios,
-        norm_options=NormalizeOptions(min_duration_s=args.min_duration, max_duration_s=args.max_duration),
+        norm_options=NormalizeOptions(min_duration_s=args.min_duration, max_duration_s=args.max_duration,
+                                      truncated=args.truncated),
         iemocap_test_session=args.iemocap_test_session, iemocap_val_session=args.iemocap_val_session,
         options_for_report=options, progress=not args.quiet,
     )
@@ -328,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ratios", default="0.8,0.1,0.1", help="train,val,test speaker-split ratios (default 0.8,0.1,0.1)")
     b.add_argument("--min-duration", type=float, default=0.3, help="skip clips shorter than this, seconds (0.3)")
     b.add_argument("--max-duration", type=float, default=None, help="skip clips longer than this, seconds (none)")
+    b.add_argument("--truncated", choices=("keep", "skip"), default="keep",
+                   help="WAVs holding less audio than their header declares: keep what is there, counted and "
+                        "listed in build_report.json (default), or skip them")
     b.add_argument("--iemocap-test-session", type=int, default=5, help="IEMOCAP session held out as test (5)")
     b.add_argument("--iemocap-val-session", type=int, default=4, help="IEMOCAP session used as val (4)")
     b.add_argument("--no-validate", action="store_true", help="skip validating the manifest at the end")

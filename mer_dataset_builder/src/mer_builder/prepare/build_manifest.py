@@ -4,7 +4,7 @@
 and dropped; only counts are kept), under temp names renamed at the end, so an interrupted build leaves the
 previous manifest untouched. In the CSV a null is an empty cell and floats are written as Python's repr.
 `write_summary` writes `summary.json` (rows per dataset x split x label, hours and speakers per dataset x
-split, skipped counts per dataset and reason) and `class_histogram.png`; `write_json` writes `build_report.json`.
+split, skipped counts per dataset and reason, the build's warnings) and `class_histogram.png`; `write_json` writes `build_report.json`.
 """
 
 from __future__ import annotations
@@ -148,8 +148,9 @@ def write_json(path: Path | str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def summary_dict(stats: ManifestStats, skipped: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
-    """The content of summary.json."""
+def summary_dict(stats: ManifestStats, skipped: dict[str, dict[str, int]] | None = None,
+                 warnings: list[str] | None = None) -> dict[str, Any]:
+    """The content of summary.json (`warnings`: the build's warnings, printed at its end as well)."""
     order = {s: i for i, s in enumerate(("train", "val", "test"))}
 
     def splits(by: dict) -> list[str]:
@@ -166,6 +167,7 @@ def summary_dict(stats: ManifestStats, skipped: dict[str, dict[str, int]] | None
                   for ds, by in sorted(stats.seconds.items())},
         "speakers": {ds: {sp: len(by[sp]) for sp in splits(by)} for ds, by in sorted(stats.speakers.items())},
         "skipped": {ds: dict(sorted(r.items(), key=lambda kv: -kv[1])) for ds, r in sorted((skipped or {}).items())},
+        "warnings": list(warnings or []),
     }
 
 
@@ -324,6 +326,7 @@ def build_dataset(
     tasks: list[tuple[Path, Path]] = []
     task_items: list[tuple[RawItem, str]] = []
     norm_skips: dict[str, list[dict]] = defaultdict(list)
+    truncated: dict[str, list[dict]] = defaultdict(list)  # kept, at the length the file really has
     for it in items:
         try:
             rel = audio_relpath(it.id)
@@ -343,6 +346,8 @@ def build_dataset(
         n_new += not res.cached
         if res.ok:
             kept.append((it, rel, res))
+            if res.warning:
+                truncated[it.dataset].append({"id": it.id, "path": res.source, "detail": res.warning})
         else:
             norm_skips[it.dataset].append({"id": it.id, "path": res.source, "reason": res.skip_reason,
                                            "detail": res.detail})
@@ -372,10 +377,16 @@ def build_dataset(
             "skipped": list(rep.skipped),
             "parse_warnings": list(rep.warnings),
             "normalization_skipped": skips,
+            "truncated_kept": truncated.get(corpus.name, []),
             "rows": sum(totals.get(corpus.name, {}).values()),
             "split_method": plan.method.get(corpus.name),
         }
-    summary = summary_dict(stats, skipped_counts)
+    warnings = list(plan.warnings)
+    for name, listed in truncated.items():
+        warnings.append(f"{name}: {len(listed)} WAV file(s) hold less audio than their header declares (cut short); "
+                        "kept at the length they have (listed under truncated_kept in build_report.json; "
+                        "--truncated skip leaves them out)")
+    summary = summary_dict(stats, skipped_counts, warnings)
     write_json(out / SUMMARY_JSON, summary)
     write_class_histogram(stats, out / HISTOGRAM_PNG)
     report = {
@@ -389,13 +400,16 @@ def build_dataset(
             "min_duration_s": norm_options.min_duration_s,
             "max_duration_s": norm_options.max_duration_s,
             "silence_peak": norm_options.silence_peak,
+            "truncated": norm_options.truncated,
+            "truncated_kept": sum(len(v) for v in truncated.values()),
             "decoded_this_run": n_new,
             "reused_from_earlier_run": n_reused,
         },
         "split": {"ratios": list(ratios), "seed": seed, "iemocap_test_session": iemocap_test_session,
                   "iemocap_val_session": iemocap_val_session, "warnings": plan.warnings},
         "datasets": ds_reports,
+        "warnings": warnings,
     }
     write_json(out / BUILD_REPORT_JSON, report)
     return BuildResult(out=out, manifest=out / MANIFEST_JSONL, stats=stats, summary=summary, report=report,
-                       n_normalized=n_new, n_reused=n_reused, warnings=list(plan.warnings))
+                       n_normalized=n_new, n_reused=n_reused, warnings=warnings)

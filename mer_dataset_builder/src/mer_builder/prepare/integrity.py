@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -58,6 +59,40 @@ def quick_problem(path: Path | str) -> str | None:
             return f"unreadable WAV header ({first})"
         if info.frames <= 0:
             return "WAV header only, no audio samples"
+    return None
+
+
+_OPEN_LENGTHS = (0, 0xFFFFFFFF)  # a data chunk length left open by a streaming writer (or RF64's placeholder)
+
+
+def wav_truncation(path: Path | str) -> str | None:
+    """What is missing when a RIFF/RIFX WAVE file holds less audio than its data chunk declares (a cut copy or
+    an interrupted transfer: decoders quietly return the shorter audio), else None; None as well for files that
+    are not WAVE, have no data chunk or leave its length open. Reads chunk headers only."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order = "<" if head[:4] == b"RIFF" else ">"
+            byte_rate, pos = 0, 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                chunk_id, length = struct.unpack(order + "4sI", fh.read(8))
+                if chunk_id == b"fmt " and length >= 12:
+                    byte_rate = struct.unpack(order + "I", fh.read(12)[8:12])[0]
+                elif chunk_id == b"data":
+                    held = size - pos - 8
+                    if length in _OPEN_LENGTHS or held >= length:
+                        return None
+                    if byte_rate:
+                        return (f"cut short: the header declares {length / byte_rate:.3f} s of audio, the file "
+                                f"holds {held / byte_rate:.3f} s")
+                    return f"cut short: the header declares {length} bytes of audio, the file holds {held}"
+                pos += 8 + length + (length & 1)
+    except (OSError, struct.error):
+        return None
     return None
 
 

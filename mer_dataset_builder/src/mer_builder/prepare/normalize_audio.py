@@ -13,13 +13,15 @@ Two decode paths:
 Every output is written in one piece to `<name>.partial` and then renamed, so a killed run never leaves half a
 WAV under the final name.
 
-A clip is skipped (and returned with its reason; the build goes on) when it cannot be decoded, holds no
-samples, is silent (peak below `silence_peak` of full scale after conversion), or is shorter than
-`min_duration_s` / longer than `max_duration_s`.
+A clip is skipped (and returned with its reason; the build goes on) when it cannot be decoded, holds NaN or
+infinite samples (a corrupt float WAV), holds no samples, is silent (peak below `silence_peak` of full scale after
+conversion), or is shorter than `min_duration_s` / longer than `max_duration_s`. A WAV that holds less audio than
+its header declares (cut short) is kept at the length it has, with a `warning` on its result, or skipped when
+`truncated="skip"`.
 
 Idempotence: a state file (JSON lines, one object per output, the last line for an output wins) records, for
-each output, the source's path, size and mtime_ns, the outcome (duration, peak, sha256 and the output's size and
-mtime_ns, or why it could not be decoded). A rerun reuses an entry when the source's size and mtime and the
+each output, the source's path, size and mtime_ns, the outcome (duration, peak, truncation warning, sha256 and the
+output's size and mtime_ns, or why it could not be decoded). A rerun reuses an entry when the source's size and mtime and the
 output's size and mtime are unchanged; duration and silence limits are re-applied to the recorded duration and
 peak, so changing `--min-duration` redoes nothing that was already decoded (except files that now pass and
 were never written). The state is appended after every finished chunk, so a killed run resumes where it
@@ -45,6 +47,7 @@ import soundfile as sf
 import soxr
 
 from mer_builder.ffmpeg import ffmpeg_exe
+from mer_builder.prepare.integrity import wav_truncation
 
 TARGET_SR = 16_000
 FAST_SUFFIXES = frozenset({".wav", ".flac"})
@@ -54,12 +57,16 @@ STATE_VERSION = 1
 
 # Short skip categories (the `skip_reason` of a result); `detail` says more.
 UNDECODABLE = "undecodable"
+NON_FINITE = "non-finite samples"
+TRUNCATED = "truncated"
 EMPTY = "empty (no samples)"
 SILENT = "silent"
 TOO_SHORT = "too short"
 TOO_LONG = "too long"
 MISSING = "source missing"
 BAD_OUTPUT = "output path outside the output folder"
+DECODE_FAILURES = (UNDECODABLE, NON_FINITE)  # recorded in the state with the decoder's message
+TRUNCATED_POLICIES = ("keep", "skip")
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,15 @@ class NormalizeOptions:
     max_duration_s: float | None = None
     silence_peak: float = DEFAULT_SILENCE_PEAK
     ffmpeg_timeout_s: float = 600.0
+    truncated: str = "keep"  # a WAV cut short of its header's length: "keep" what is there (warned) or "skip"
 
-    def judge(self, duration_s: float, peak: float) -> tuple[str, str] | None:
-        """(reason, detail) when a decoded clip of this duration and peak is to be skipped, else None."""
+    def __post_init__(self) -> None:
+        if self.truncated not in TRUNCATED_POLICIES:
+            raise ValueError(f"truncated={self.truncated!r}: expected one of {', '.join(TRUNCATED_POLICIES)}")
+
+    def judge(self, duration_s: float, peak: float, warning: str | None = None) -> tuple[str, str] | None:
+        """(reason, detail) when a decoded clip of this duration and peak (and truncation `warning`) is to be
+        skipped, else None."""
         if duration_s <= 0:
             return EMPTY, "the decoded audio holds no samples"
         if peak < self.silence_peak:
@@ -81,6 +94,8 @@ class NormalizeOptions:
             return TOO_SHORT, f"{duration_s:.3f} s < min_duration_s {self.min_duration_s:g} s"
         if self.max_duration_s is not None and duration_s > self.max_duration_s:
             return TOO_LONG, f"{duration_s:.3f} s > max_duration_s {self.max_duration_s:g} s"
+        if warning and self.truncated == "skip":
+            return TRUNCATED, warning
         return None
 
 
@@ -96,6 +111,7 @@ class NormResult:
     skip_reason: str | None = None
     detail: str = ""
     cached: bool = False  # True when a previous run's result was reused
+    warning: str | None = None  # kept, but not as the source promised (a WAV cut short of its header's length)
 
     @property
     def ok(self) -> bool:
@@ -106,6 +122,7 @@ class NormResult:
 class _Decoded:
     pcm: np.ndarray | None = None  # int16, mono, TARGET_SR
     error: str | None = None  # detail when decoding failed
+    reason: str = UNDECODABLE  # the skip reason when decoding failed
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -117,8 +134,16 @@ def _to_pcm16(x: np.ndarray) -> np.ndarray:
     return y.astype(np.int16)
 
 
+class _NonFinite(ValueError):
+    """A float file with NaN or infinite samples: decoded, but not audio anyone can use."""
+
+
 def _decode_soundfile(src: Path) -> np.ndarray:
     data, sr = sf.read(str(src), dtype="float32", always_2d=True)
+    finite = np.isfinite(data)
+    if not finite.all():  # before any arithmetic: NaN would turn mean, resampling and the int16 cast into warnings
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise _NonFinite(f"{bad} of {finite.size} samples are NaN or infinite (a corrupt float file)")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if sr != TARGET_SR and mono.size:
         mono = soxr.resample(mono, sr, TARGET_SR, quality="HQ")
@@ -158,7 +183,9 @@ def decode(src: Path, timeout_s: float = 600.0) -> _Decoded:
     if src.suffix.lower() in FAST_SUFFIXES:
         try:
             return _Decoded(pcm=_decode_soundfile(src))
-        except Exception as exc:  # any failure here falls through to ffmpeg
+        except _NonFinite as exc:  # ffmpeg would quietly turn them into numbers
+            return _Decoded(error=str(exc), reason=NON_FINITE)
+        except Exception as exc:  # any other failure here falls through to ffmpeg
             text = str(exc).strip()
             errors.append(f"soundfile: {text.splitlines()[-1] if text else type(exc).__name__}")
     lfs = _lfs_note(src)
@@ -195,12 +222,13 @@ def normalize_one(src: Path | str, dst: Path | str, options: NormalizeOptions | 
         return res
     dec = decode(src, options.ffmpeg_timeout_s)
     if dec.pcm is None:
-        res.skip_reason, res.detail = UNDECODABLE, dec.error or "unknown decoder error"
+        res.skip_reason, res.detail = dec.reason, dec.error or "unknown decoder error"
         return res
     n = int(dec.pcm.size)
     res.duration_s = n / TARGET_SR
     res.peak = float(np.abs(dec.pcm.astype(np.int32)).max()) / 32768.0 if n else 0.0
-    verdict = options.judge(res.duration_s, res.peak)
+    res.warning = wav_truncation(src)
+    verdict = options.judge(res.duration_s, res.peak, res.warning)
     if verdict:
         res.skip_reason, res.detail = verdict
         return res
@@ -244,10 +272,12 @@ class NormalizeState:
             return None
         res = NormResult(source=str(src), output=str(dst), cached=True)
         if e.get("error"):
-            res.skip_reason, res.detail = UNDECODABLE, e["error"]
+            res.skip_reason, res.detail = e.get("reason", UNDECODABLE), e["error"]
             return res
         res.duration_s, res.peak = e["duration_s"], e["peak"]
-        verdict = options.judge(res.duration_s, res.peak)
+        # an entry written before truncation was checked has no "warning" key: check the header now
+        res.warning = e["warning"] if "warning" in e else wav_truncation(src)
+        verdict = options.judge(res.duration_s, res.peak, res.warning)
         if verdict:
             res.skip_reason, res.detail = verdict
             return res
@@ -263,10 +293,10 @@ class NormalizeState:
         if st is None or res.cached:
             return None
         entry = {"v": STATE_VERSION, "output": str(dst), "source": str(src), "src_size": st[0], "src_mtime_ns": st[1]}
-        if res.skip_reason == UNDECODABLE:
-            entry["error"] = res.detail
+        if res.skip_reason in DECODE_FAILURES:
+            entry.update(error=res.detail, reason=res.skip_reason)
         elif res.duration_s is not None and res.peak is not None:
-            entry.update(duration_s=res.duration_s, peak=res.peak)
+            entry.update(duration_s=res.duration_s, peak=res.peak, warning=res.warning)
             if res.ok:
                 out = _stat_pair(dst)
                 if out is None:
