@@ -15,11 +15,13 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mer_builder.labels import EMOTIONS_7
+from mer_builder.lock import FolderLocked, lock_folder
 from mer_builder.prepare.records import RawItem
 
 MANIFEST_JSONL = "meta_manifest.jsonl"
@@ -262,6 +264,33 @@ def _reason_counts(report: Any, norm_skips: list[dict]) -> dict[str, int]:
     return dict(counts)
 
 
+def _parse_corpora(corpora: list[Corpus], policy: Any, progress: bool) -> tuple[list[RawItem], dict[str, Any]]:
+    """Every corpus's items (a second item for an id is skipped) and its ParseReport; a parser's ValueError or
+    OSError on the user's data becomes a BuildError naming the corpus and its folder."""
+    from tqdm import tqdm
+
+    from mer_builder.prepare.records import ParseReport
+
+    items: list[RawItem] = []
+    reports: dict[str, ParseReport] = {}
+    seen_ids: set[str] = set()
+    for corpus in corpora:
+        report = ParseReport(dataset=corpus.name)
+        reports[corpus.name] = report
+        with tqdm(desc=f"parse {corpus.name}", unit=" items", disable=not progress, leave=False) as bar:
+            try:
+                for it in corpus.parser(corpus.root, policy, report, **corpus.options):
+                    if it.id in seen_ids:
+                        report.skip(it.source_path, f"duplicate id {it.id} (already taken by another file)")
+                        continue
+                    seen_ids.add(it.id)
+                    items.append(it)
+                    bar.update()
+            except (ValueError, OSError) as exc:
+                raise BuildError(f"{corpus.name} ({corpus.root}): {exc}") from None
+    return items, reports
+
+
 def build_dataset(
     corpora: list[Corpus],
     out: Path | str,
@@ -280,13 +309,13 @@ def build_dataset(
 
     Audio goes to `<out>/audio/<id>.wav`; `<out>/audio/.normalize_state.jsonl` makes a rerun skip finished
     clips. A parser that fails on the user's data (ValueError/OSError, one line) becomes a BuildError naming the
-    corpus and its folder; nothing under `out` is replaced then.
+    corpus and its folder; nothing under `out` is replaced then. Writing happens under an exclusive lock on `out`
+    (`mer_builder.lock`): while another build holds it, BuildError names the folder and that build's pid.
     """
     from tqdm import tqdm
 
     from mer_builder import __version__
     from mer_builder.prepare.normalize_audio import NormalizeOptions, normalize_many
-    from mer_builder.prepare.records import ParseReport
     from mer_builder.prepare.split_speakers import assign_splits
 
     out = Path(out)
@@ -300,116 +329,106 @@ def build_dataset(
             raise BuildError(f"--out {out} is inside the {corpus.name} folder {corpus.root}: choose an output "
                              "folder outside every corpus")
 
-    # 1. parse
-    items: list[RawItem] = []
-    reports: dict[str, ParseReport] = {}
-    seen_ids: set[str] = set()
-    for corpus in corpora:
-        report = ParseReport(dataset=corpus.name)
-        reports[corpus.name] = report
-        with tqdm(desc=f"parse {corpus.name}", unit=" items", disable=not progress, leave=False) as bar:
+    # 1. parse (nothing is written yet)
+    items, reports = _parse_corpora(corpora, policy, progress)
+
+    # 2.-4. under the output folder's lock: a second build into the same folder stops here, in one line
+    held = ExitStack()
+    try:
+        held.enter_context(lock_folder(out))
+    except FolderLocked as exc:
+        raise BuildError(f"--out {exc}") from None
+    with held:
+        # 2. normalize
+        out.mkdir(parents=True, exist_ok=True)
+        audio_root = out / AUDIO_DIR
+        tasks: list[tuple[Path, Path]] = []
+        task_items: list[tuple[RawItem, str]] = []
+        norm_skips: dict[str, list[dict]] = defaultdict(list)
+        truncated: dict[str, list[dict]] = defaultdict(list)  # kept, at the length the file really has
+        for it in items:
             try:
-                for it in corpus.parser(corpus.root, policy, report, **corpus.options):
-                    if it.id in seen_ids:
-                        report.skip(it.source_path, f"duplicate id {it.id} (already taken by another file)")
-                        continue
-                    seen_ids.add(it.id)
-                    items.append(it)
-                    bar.update()
-            except (ValueError, OSError) as exc:
-                raise BuildError(f"{corpus.name} ({corpus.root}): {exc}") from None
-    seen_ids.clear()
+                rel = audio_relpath(it.id)
+            except ValueError as exc:
+                norm_skips[it.dataset].append({"id": it.id, "path": str(it.source_path), "reason": "bad id",
+                                               "detail": str(exc)})
+                continue
+            tasks.append((Path(it.source_path), out / rel))
+            task_items.append((it, rel))
+        with tqdm(total=len(tasks), desc="normalize", unit=" clips", disable=not progress) as bar:
+            results = normalize_many(tasks, jobs=jobs, options=norm_options, state_path=audio_root / STATE_FILE,
+                                     out_root=audio_root, on_progress=bar.update)
+        kept: list[tuple[RawItem, str, Any]] = []
+        n_reused = n_new = 0
+        for (it, rel), res in zip(task_items, results, strict=True):
+            n_reused += res.cached
+            n_new += not res.cached
+            if res.ok:
+                kept.append((it, rel, res))
+                if res.warning:
+                    truncated[it.dataset].append({"id": it.id, "path": res.source, "detail": res.warning})
+            else:
+                norm_skips[it.dataset].append({"id": it.id, "path": res.source, "reason": res.skip_reason,
+                                               "detail": res.detail})
+        del items, tasks, task_items, results
 
-    # 2. normalize
-    out.mkdir(parents=True, exist_ok=True)
-    audio_root = out / AUDIO_DIR
-    tasks: list[tuple[Path, Path]] = []
-    task_items: list[tuple[RawItem, str]] = []
-    norm_skips: dict[str, list[dict]] = defaultdict(list)
-    truncated: dict[str, list[dict]] = defaultdict(list)  # kept, at the length the file really has
-    for it in items:
-        try:
-            rel = audio_relpath(it.id)
-        except ValueError as exc:
-            norm_skips[it.dataset].append({"id": it.id, "path": str(it.source_path), "reason": "bad id",
-                                           "detail": str(exc)})
-            continue
-        tasks.append((Path(it.source_path), out / rel))
-        task_items.append((it, rel))
-    with tqdm(total=len(tasks), desc="normalize", unit=" clips", disable=not progress) as bar:
-        results = normalize_many(tasks, jobs=jobs, options=norm_options, state_path=audio_root / STATE_FILE,
-                                 out_root=audio_root, on_progress=bar.update)
-    kept: list[tuple[RawItem, str, Any]] = []
-    n_reused = n_new = 0
-    for (it, rel), res in zip(task_items, results, strict=True):
-        n_reused += res.cached
-        n_new += not res.cached
-        if res.ok:
-            kept.append((it, rel, res))
-            if res.warning:
-                truncated[it.dataset].append({"id": it.id, "path": res.source, "detail": res.warning})
-        else:
-            norm_skips[it.dataset].append({"id": it.id, "path": res.source, "reason": res.skip_reason,
-                                           "detail": res.detail})
-    del items, tasks, task_items, results
+        # 3. split
+        plan = assign_splits([k[0] for k in kept], ratios=ratios, seed=seed,
+                             iemocap_test_session=iemocap_test_session, iemocap_val_session=iemocap_val_session)
 
-    # 3. split
-    plan = assign_splits([k[0] for k in kept], ratios=ratios, seed=seed,
-                         iemocap_test_session=iemocap_test_session, iemocap_val_session=iemocap_val_session)
-
-    # 4. manifest, summary, histogram, report
-    rows = (make_row(it, rel, res.duration_s, res.sha256, split=plan.assignment[it.id]) for it, rel, res in kept)
-    stats = write_manifest(rows, out)
-    totals = stats.totals()
-    ds_reports: dict[str, dict[str, Any]] = {}
-    skipped_counts: dict[str, dict[str, int]] = {}
-    for corpus in corpora:
-        rep = reports[corpus.name]
-        skips = norm_skips.get(corpus.name, [])
-        skipped_counts[corpus.name] = _reason_counts(rep, skips)
-        ds_reports[corpus.name] = {
-            "key": corpus.key,
-            "root": str(corpus.root),
-            "parser_options": {k: str(v) for k, v in corpus.options.items()},
-            "found": rep.found,
-            "yielded": rep.yielded,
-            "dropped": dict(rep.dropped),
-            "skipped": list(rep.skipped),
-            "parse_warnings": list(rep.warnings),
-            "normalization_skipped": skips,
-            "truncated_kept": truncated.get(corpus.name, []),
-            "rows": sum(totals.get(corpus.name, {}).values()),
-            "split_method": plan.method.get(corpus.name),
+        # 4. manifest, summary, histogram, report
+        rows = (make_row(it, rel, res.duration_s, res.sha256, split=plan.assignment[it.id]) for it, rel, res in kept)
+        stats = write_manifest(rows, out)
+        totals = stats.totals()
+        ds_reports: dict[str, dict[str, Any]] = {}
+        skipped_counts: dict[str, dict[str, int]] = {}
+        for corpus in corpora:
+            rep = reports[corpus.name]
+            skips = norm_skips.get(corpus.name, [])
+            skipped_counts[corpus.name] = _reason_counts(rep, skips)
+            ds_reports[corpus.name] = {
+                "key": corpus.key,
+                "root": str(corpus.root),
+                "parser_options": {k: str(v) for k, v in corpus.options.items()},
+                "found": rep.found,
+                "yielded": rep.yielded,
+                "dropped": dict(rep.dropped),
+                "skipped": list(rep.skipped),
+                "parse_warnings": list(rep.warnings),
+                "normalization_skipped": skips,
+                "truncated_kept": truncated.get(corpus.name, []),
+                "rows": sum(totals.get(corpus.name, {}).values()),
+                "split_method": plan.method.get(corpus.name),
+            }
+        warnings = list(plan.warnings)
+        for name, listed in truncated.items():
+            warnings.append(f"{name}: {len(listed)} WAV file(s) hold less audio than their header declares (cut short); "
+                            "kept at the length they have (listed under truncated_kept in build_report.json; "
+                            "--truncated skip leaves them out)")
+        summary = summary_dict(stats, skipped_counts, warnings)
+        write_json(out / SUMMARY_JSON, summary)
+        write_class_histogram(stats, out / HISTOGRAM_PNG)
+        report = {
+            "builder_version": __version__,
+            "manifest": MANIFEST_JSONL,
+            "rows": stats.n_rows,
+            "options": options_for_report or {},
+            "policy": policy.describe() if hasattr(policy, "describe") else str(policy),
+            "normalization": {
+                "target": "16 kHz mono PCM16 WAV",
+                "min_duration_s": norm_options.min_duration_s,
+                "max_duration_s": norm_options.max_duration_s,
+                "silence_peak": norm_options.silence_peak,
+                "truncated": norm_options.truncated,
+                "truncated_kept": sum(len(v) for v in truncated.values()),
+                "decoded_this_run": n_new,
+                "reused_from_earlier_run": n_reused,
+            },
+            "split": {"ratios": list(ratios), "seed": seed, "iemocap_test_session": iemocap_test_session,
+                      "iemocap_val_session": iemocap_val_session, "warnings": plan.warnings},
+            "datasets": ds_reports,
+            "warnings": warnings,
         }
-    warnings = list(plan.warnings)
-    for name, listed in truncated.items():
-        warnings.append(f"{name}: {len(listed)} WAV file(s) hold less audio than their header declares (cut short); "
-                        "kept at the length they have (listed under truncated_kept in build_report.json; "
-                        "--truncated skip leaves them out)")
-    summary = summary_dict(stats, skipped_counts, warnings)
-    write_json(out / SUMMARY_JSON, summary)
-    write_class_histogram(stats, out / HISTOGRAM_PNG)
-    report = {
-        "builder_version": __version__,
-        "manifest": MANIFEST_JSONL,
-        "rows": stats.n_rows,
-        "options": options_for_report or {},
-        "policy": policy.describe() if hasattr(policy, "describe") else str(policy),
-        "normalization": {
-            "target": "16 kHz mono PCM16 WAV",
-            "min_duration_s": norm_options.min_duration_s,
-            "max_duration_s": norm_options.max_duration_s,
-            "silence_peak": norm_options.silence_peak,
-            "truncated": norm_options.truncated,
-            "truncated_kept": sum(len(v) for v in truncated.values()),
-            "decoded_this_run": n_new,
-            "reused_from_earlier_run": n_reused,
-        },
-        "split": {"ratios": list(ratios), "seed": seed, "iemocap_test_session": iemocap_test_session,
-                  "iemocap_val_session": iemocap_val_session, "warnings": plan.warnings},
-        "datasets": ds_reports,
-        "warnings": warnings,
-    }
-    write_json(out / BUILD_REPORT_JSON, report)
-    return BuildResult(out=out, manifest=out / MANIFEST_JSONL, stats=stats, summary=summary, report=report,
-                       n_normalized=n_new, n_reused=n_reused, warnings=warnings)
+        write_json(out / BUILD_REPORT_JSON, report)
+        return BuildResult(out=out, manifest=out / MANIFEST_JSONL, stats=stats, summary=summary, report=report,
+                           n_normalized=n_new, n_reused=n_reused, warnings=warnings)
