@@ -1,0 +1,147 @@
+"""LogMelFrontend: equal to librosa's mel spectrogram, masks, batching invariance, normalisation."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from mer.models.frontend import LogMelFrontend, reflect_index
+
+SR = 16000
+TOL = 1e-3  # max abs difference on log values allowed against librosa (measured: < 1e-4)
+
+
+def _clips(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        t = np.arange(n) / SR
+        tone = 0.3 * np.sin(2 * np.pi * (180 + 90 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        out.append((tone + 0.02 * rng.standard_normal(n)).astype(np.float32))
+    return out
+
+
+def _batch(clips, pad_value=float("nan")):
+    lengths = torch.tensor([len(c) for c in clips])
+    wave = torch.full((len(clips), int(lengths.max()) + 37), pad_value)  # extra, garbage padding
+    for i, c in enumerate(clips):
+        wave[i, : len(c)] = torch.from_numpy(c)
+    return wave, lengths
+
+
+def _librosa(clip, fe: LogMelFrontend):
+    mel = librosa.feature.melspectrogram(
+        y=clip,
+        sr=fe.sample_rate,
+        n_fft=fe.n_fft,
+        hop_length=fe.hop,
+        win_length=fe.win_length,
+        window="hann",
+        center=True,
+        pad_mode=fe.pad_mode,
+        power=fe.power,
+        n_mels=fe.n_mels,
+        fmin=fe.f_min,
+        fmax=fe.f_max,
+    )
+    return np.log(mel + fe.log_offset)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"pad_mode": "reflect"},
+        {"pad_mode": "constant"},
+        {
+            "n_mels": 40,
+            "n_fft": 512,
+            "win_length": 320,
+            "hop": 128,
+            "f_min": 50.0,
+            "f_max": 7000.0,
+            "power": 1.0,
+            "log_offset": 1e-5,
+        },
+    ],
+)
+def test_equals_librosa_in_a_padded_batch(settings):
+    fe = LogMelFrontend(**settings)
+    clips = _clips([16000, 9001, 3210, 600])
+    wave, lengths = _batch(clips)
+    feats, frame_lengths = fe(wave, lengths)
+    assert feats.shape[:2] == (4, fe.n_mels)
+    worst = 0.0
+    for i, clip in enumerate(clips):
+        ref = _librosa(clip, fe)
+        n = int(frame_lengths[i])
+        assert n == ref.shape[1] == 1 + len(clip) // fe.hop
+        worst = max(worst, float(np.abs(feats[i, :, :n].numpy() - ref).max()))
+        assert torch.all(feats[i, :, n:] == 0)  # padding frames are zero
+    assert worst < TOL, worst
+
+
+def test_padding_never_changes_a_clip():
+    fe = LogMelFrontend()
+    clips = _clips([8000, 5000, 12345], seed=1)
+    wave, lengths = _batch(clips, pad_value=0.7)
+    feats, fl = fe(wave, lengths)
+    assert torch.isfinite(feats).all()
+    for i, clip in enumerate(clips):
+        alone, fl_alone = fe(torch.from_numpy(clip)[None], torch.tensor([len(clip)]))
+        assert int(fl_alone[0]) == int(fl[i])
+        torch.testing.assert_close(feats[i, :, : fl[i]], alone[0], rtol=0, atol=1e-5)
+
+
+def test_frame_lengths_and_mask():
+    fe = LogMelFrontend(hop=160)
+    lengths = torch.tensor([0, 159, 160, 161, 4000])
+    wave = torch.randn(5, 4000)
+    feats, fl = fe(wave, lengths)
+    assert fl.tolist() == [1 + n // 160 for n in lengths.tolist()]
+    assert feats.shape[-1] == 1 + 4000 // 160
+    frames = torch.arange(feats.shape[-1])
+    for i in range(5):
+        assert torch.all(feats[i][:, frames >= fl[i]] == 0)
+        assert torch.all(feats[i][:, frames < fl[i]] != 0)
+
+
+@pytest.mark.parametrize("mode", ["mean", "mean_var"])
+def test_per_utterance_normalisation_uses_real_frames_only(mode):
+    fe_raw, fe = LogMelFrontend(), LogMelFrontend(normalize=mode)
+    clips = _clips([16000, 4000], seed=2)
+    wave, lengths = _batch(clips, pad_value=3.0)
+    raw, fl = fe_raw(wave, lengths)
+    feats, _ = fe(wave, lengths)
+    for i in range(2):
+        n = int(fl[i])
+        x = raw[i, :, :n].double()
+        ref = x - x.mean(1, keepdim=True)
+        if mode == "mean_var":
+            ref = ref / ref.pow(2).mean(1, keepdim=True).sqrt()
+        torch.testing.assert_close(feats[i, :, :n].double(), ref, rtol=0, atol=1e-4)
+        assert torch.all(feats[i, :, n:] == 0)
+        assert feats[i, :, :n].mean(1).abs().max() < 1e-4
+
+
+def test_reflect_index_matches_numpy():
+    for n in (1, 2, 3, 7):
+        idx = torch.arange(-20, n + 20).unsqueeze(0)
+        got = reflect_index(idx, torch.tensor([n]))[0].numpy()
+        ref = np.pad(np.arange(n), 20, mode="reflect") if n > 1 else np.zeros(n + 40, dtype=int)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_no_state_in_the_state_dict_and_bad_settings():
+    assert LogMelFrontend().state_dict() == {}  # the filterbank and window are rebuilt from the settings
+    for bad in (
+        {"normalize": "cmvn"},
+        {"pad_mode": "edge"},
+        {"win_length": 800},
+        {"f_max": 9000.0},
+        {"log_offset": 0.0},
+        {"hop": 0},
+    ):
+        with pytest.raises(ValueError):
+            LogMelFrontend(**bad)
