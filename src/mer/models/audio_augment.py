@@ -1,0 +1,454 @@
+"""Training-only audio augmentation for the frame-level track: waveform and log-mel, batched, seeded.
+
+Every function takes an explicit `torch.Generator` and draws all its randomness from it (on the generator's
+own device, then moves the draws to the data's device), so a run repeats exactly and resumes exactly when the
+generator's state is saved and restored (`gen.get_state()` / `gen.set_state()`), whatever device the data is
+on. Nothing is changed in place; padding (samples / frames past each clip's length) stays 0 in every output.
+
+Waveform [B, T] + lengths [B] (samples):
+- `random_crop`: clips longer than `max_samples` cut to a random window of that many samples (shorter: as is);
+- `time_shift`: each clip rolled circularly over its own samples by a random shift in [-max_shift, max_shift];
+- `speed_perturb`: resampled by a factor drawn from a list (Kaldi's 0.9 / 1.0 / 1.1) or a [lo, hi] range, by
+  linear interpolation: a factor f > 1 is faster (round(L / f) samples, pitch up), lengths updated;
+- `random_gain`: multiplied by 10^(g/20), g uniform in [lo, hi] dB;
+- `add_noise`: noise scaled to an SNR uniform in [lo, hi] dB over the clip's real samples: white Gaussian
+  noise, or a random window of a clip drawn from `noises` (tiled when shorter than the clip); a silent clip is
+  left as is.
+
+Log-mel [B, n_mels, F] + frame_lengths [B]:
+- `spec_augment`: `freq_masks` bands of width uniform in [0, freq_width] bins and `time_masks` bands of width
+  uniform in [0, time_width] frames (clipped to the clip), each inside the clip's real frames; the masked
+  cells are set to the clip's mean over its real cells ("mean", the default: neutral for an unnormalised
+  log-mel) or 0.
+
+Both: `mixup` (Zhang et al. 2018): x' = lam * x + (1 - lam) * x[perm], one lam ~ Beta(alpha, alpha) per batch;
+returns the mixed inputs and lengths, both label index tensors and lam (`MixupResult.targets(n)` gives the
+mixed one-hot targets; `MixupResult.loss(criterion, logits)` the mixed loss).
+
+`AudioAugment` holds a set of these settings (no config dependency) with `apply_wave`, `apply_spec` and
+`apply_mixup`; a setting left at None (or a count of 0) switches that augmentation off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mer.models.frontend import lengths_to_mask
+
+Range = tuple[float, float]
+
+
+# -- random draws from an explicit generator -----------------------------------------------------------------
+def _device(gen: torch.Generator) -> torch.device:
+    return gen.device if isinstance(gen, torch.Generator) else torch.device("cpu")
+
+
+def _check_gen(gen: torch.Generator) -> None:
+    if not isinstance(gen, torch.Generator):
+        raise TypeError(f"augmentation needs an explicit torch.Generator, got {type(gen).__name__}")
+
+
+def uniform(shape: Sequence[int], lo: float, hi: float, gen: torch.Generator, device=None) -> Tensor:
+    """Uniform [lo, hi) draws from `gen`, moved to `device`."""
+    _check_gen(gen)
+    u = torch.rand(tuple(shape), generator=gen, device=_device(gen), dtype=torch.float64)
+    return (lo + (hi - lo) * u).to(device=device or _device(gen))
+
+
+def randint_below(high: Tensor, gen: torch.Generator) -> Tensor:
+    """One integer uniform in [0, high[i]] for each entry of `high` (a long tensor >= 0), on high's device."""
+    _check_gen(gen)
+    u = torch.rand(tuple(high.shape), generator=gen, device=_device(gen), dtype=torch.float64).to(high.device)
+    return torch.minimum((u * (high.to(torch.float64) + 1)).floor().to(torch.long), high.to(torch.long))
+
+
+def _coin(batch: int, p: float, gen: torch.Generator, device) -> Tensor:
+    """[batch] bool, each True with probability p (always drawn, so the stream does not depend on p)."""
+    return uniform((batch,), 0.0, 1.0, gen, device) < p
+
+
+def _check_range(name: str, r: Range) -> tuple[float, float]:
+    lo, hi = (float(r[0]), float(r[1]))
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"{name}: expected a [lo, hi] range with lo <= hi, got {r!r}")
+    return lo, hi
+
+
+def _zero_past(x: Tensor, lengths: Tensor) -> Tensor:
+    """Samples (last dim) past each row's length set to 0."""
+    mask = lengths_to_mask(lengths, x.shape[-1])
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# -- waveform ------------------------------------------------------------------------------------------------
+def random_crop(
+    wave: Tensor, lengths: Tensor, gen: torch.Generator, max_samples: int
+) -> tuple[Tensor, Tensor]:
+    """Clips longer than `max_samples` cut to a random window of `max_samples`; -> (wave [B, min(T, max)],
+    lengths)."""
+    if max_samples <= 0:
+        raise ValueError(f"random_crop: max_samples must be > 0, got {max_samples}")
+    lengths = lengths.to(device=wave.device, dtype=torch.long)
+    start = randint_below((lengths - max_samples).clamp_min(0), gen)
+    out_len = lengths.clamp_max(max_samples)
+    width = min(wave.shape[1], max_samples)
+    index = (start.unsqueeze(1) + torch.arange(width, device=wave.device).unsqueeze(0)).clamp_max(
+        wave.shape[1] - 1
+    )
+    out = torch.gather(wave, 1, index)
+    return _zero_past(out, out_len), out_len
+
+
+def time_shift(wave: Tensor, lengths: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
+    """Each clip rolled circularly over its own samples by a shift uniform in [-max_shift, max_shift]
+    samples."""
+    if max_shift < 0:
+        raise ValueError(f"time_shift: max_shift must be >= 0, got {max_shift}")
+    lengths = lengths.to(device=wave.device, dtype=torch.long)
+    shift = randint_below(torch.full_like(lengths, 2 * int(max_shift)), gen) - int(max_shift)
+    t = torch.arange(wave.shape[1], device=wave.device).unsqueeze(0)
+    n = lengths.clamp_min(1).unsqueeze(1)
+    index = torch.remainder(t - shift.unsqueeze(1), n)
+    return _zero_past(torch.gather(wave, 1, index), lengths)
+
+
+def speed_perturb(
+    wave: Tensor,
+    lengths: Tensor,
+    gen: torch.Generator,
+    factors: Sequence[float] | None = (0.9, 1.0, 1.1),
+    factor_range: Range | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Resample each clip by a speed factor (one of `factors`, or uniform in `factor_range`), linear
+    interpolation.
+
+    A factor f plays the clip f times faster: new length round(L / f), sample i = x(i * f). Returns
+    (wave [B, max new length], new lengths [B], the factors [B]).
+    """
+    lengths = lengths.to(device=wave.device, dtype=torch.long)
+    b = wave.shape[0]
+    if factor_range is not None:
+        lo, hi = _check_range("speed_perturb.factor_range", factor_range)
+        if lo <= 0:
+            raise ValueError(f"speed_perturb: factors must be > 0, got {factor_range!r}")
+        f = uniform((b,), lo, hi, gen, wave.device)
+    else:
+        choices = torch.tensor([float(v) for v in (factors or ())], dtype=torch.float64)
+        if choices.numel() == 0 or bool((choices <= 0).any()):
+            raise ValueError(
+                f"speed_perturb: factors must be a non-empty list of values > 0, got {factors!r}"
+            )
+        pick = randint_below(torch.full((b,), choices.numel() - 1, dtype=torch.long), gen)
+        f = choices[pick].to(wave.device)
+    new_len = torch.where(
+        lengths > 0,
+        (lengths.to(torch.float64) / f).round().to(torch.long).clamp_min(1),
+        torch.zeros_like(lengths),
+    )
+    width = int(new_len.max()) if b else 0
+    pos = torch.arange(width, device=wave.device, dtype=torch.float64).unsqueeze(0) * f.unsqueeze(1)  # [B, W]
+    last = (lengths - 1).clamp_min(0).unsqueeze(1).to(torch.float64)
+    pos = torch.minimum(pos, last)
+    i0 = pos.floor().to(torch.long)
+    i1 = torch.minimum(i0 + 1, last.to(torch.long))
+    frac = (pos - i0.to(torch.float64)).to(wave.dtype)
+    x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
+    out = (torch.gather(x, 1, i0) * (1 - frac) + torch.gather(x, 1, i1) * frac).to(wave.dtype)
+    return _zero_past(out, new_len), new_len, f.to(torch.float32)
+
+
+def random_gain(
+    wave: Tensor, lengths: Tensor, gen: torch.Generator, gain_db: Range = (-6.0, 6.0), p: float = 1.0
+) -> Tensor:
+    """Each clip (with probability p) multiplied by 10^(g/20), g uniform in `gain_db`."""
+    lo, hi = _check_range("random_gain.gain_db", gain_db)
+    g = uniform((wave.shape[0],), lo, hi, gen, wave.device)
+    apply = _coin(wave.shape[0], p, gen, wave.device)
+    scale = torch.where(apply, torch.pow(10.0, g / 20.0), torch.ones_like(g)).to(wave.dtype)
+    return _zero_past(wave * scale.unsqueeze(1), lengths.to(wave.device))
+
+
+def _noise_windows(
+    noises: Sequence[Tensor], lengths: Tensor, width: int, gen: torch.Generator, device
+) -> Tensor:
+    """[B, width]: for each clip a random noise clip, from a random offset, tiled (circularly) to the clip."""
+    b = lengths.shape[0]
+    pick = randint_below(torch.full((b,), len(noises) - 1, dtype=torch.long), gen).tolist()
+    sizes = torch.tensor([int(noises[k].numel()) for k in pick], dtype=torch.long)
+    offset = randint_below(sizes - 1, gen)
+    rows = []
+    t = torch.arange(width)
+    for i, k in enumerate(pick):
+        src = noises[k].reshape(-1).to(device=device, dtype=torch.float32)
+        rows.append(src[torch.remainder(t + offset[i], sizes[i]).to(device)])
+    return torch.stack(rows) if rows else torch.zeros(0, width, device=device)
+
+
+def add_noise(
+    wave: Tensor,
+    lengths: Tensor,
+    gen: torch.Generator,
+    snr_db: Range = (5.0, 20.0),
+    noises: Sequence[Tensor] | None = None,
+    p: float = 1.0,
+) -> Tensor:
+    """Additive noise at an SNR uniform in `snr_db` (per clip, over its real samples), with probability p.
+
+    `noises`: 1-D noise waveforms at the clips' rate (each clip draws one and a random window of it); None:
+    white Gaussian noise. A silent clip (zero power) and a silent noise window are left without noise.
+    """
+    lo, hi = _check_range("add_noise.snr_db", snr_db)
+    if noises is not None and (len(noises) == 0 or any(int(n.numel()) == 0 for n in noises)):
+        raise ValueError("add_noise: the noise list is empty or holds an empty clip")
+    lengths = lengths.to(device=wave.device, dtype=torch.long)
+    b, t = wave.shape
+    snr = uniform((b,), lo, hi, gen, wave.device)
+    apply = _coin(b, p, gen, wave.device)
+    if noises is None:
+        _check_gen(gen)
+        noise = torch.randn((b, t), generator=gen, device=_device(gen)).to(wave.device)
+    else:
+        noise = _noise_windows(noises, lengths, t, gen, wave.device)
+    mask = lengths_to_mask(lengths, t)
+    x = wave.double()
+    noise = torch.where(mask, noise.double(), torch.zeros((), dtype=torch.float64, device=wave.device))
+    count = lengths.clamp_min(1).to(torch.float64)
+    p_signal = torch.where(mask, x, torch.zeros_like(x)).square().sum(1) / count
+    p_noise = noise.square().sum(1) / count
+    ok = apply & (p_signal > 0) & (p_noise > 0)
+    scale = torch.sqrt(p_signal / (p_noise.clamp_min(1e-30) * torch.pow(10.0, snr / 10.0)))
+    scale = torch.where(ok, scale, torch.zeros_like(scale))
+    return _zero_past((x + scale.unsqueeze(1) * noise).to(wave.dtype), lengths)
+
+
+# -- log-mel -------------------------------------------------------------------------------------------------
+def draw_mask_intervals(
+    bounds: Tensor, count: int, max_width: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """`count` intervals per row inside [0, bounds[b]): widths uniform in [0, min(max_width, bounds[b])],
+    starts uniform in [0, bounds[b] - width]. -> (starts [B, count], widths [B, count]), long, on bounds'
+    device."""
+    if count < 0 or max_width < 0:
+        raise ValueError(f"mask count and width must be >= 0, got count={count}, width={max_width}")
+    bounds = bounds.to(torch.long)
+    b = bounds.shape[0]
+    cap = bounds.clamp(0, max_width).unsqueeze(1).expand(b, count)
+    widths = randint_below(cap.contiguous(), gen)
+    starts = randint_below((bounds.unsqueeze(1) - widths).clamp_min(0), gen)
+    return starts, widths
+
+
+def intervals_to_mask(starts: Tensor, widths: Tensor, size: int) -> Tensor:
+    """[B, count] intervals -> [B, size] bool, True inside any interval."""
+    pos = torch.arange(size, device=starts.device).view(1, 1, -1)
+    inside = (pos >= starts.unsqueeze(-1)) & (pos < (starts + widths).unsqueeze(-1))
+    return inside.any(1)
+
+
+def specaugment_masks(
+    n_mels: int,
+    frame_lengths: Tensor,
+    n_frames: int,
+    gen: torch.Generator,
+    freq_masks: int = 2,
+    freq_width: int = 8,
+    time_masks: int = 2,
+    time_width: int = 20,
+) -> tuple[Tensor, Tensor]:
+    """SpecAugment masks: (freq_mask [B, n_mels], time_mask [B, n_frames]) bool, True = masked; time masks lie
+    inside each clip's first frame_lengths[b] frames."""
+    frame_lengths = frame_lengths.to(torch.long)
+    b = frame_lengths.shape[0]
+    fs, fw = draw_mask_intervals(
+        torch.full((b,), n_mels, dtype=torch.long, device=frame_lengths.device), freq_masks, freq_width, gen
+    )
+    ts, tw = draw_mask_intervals(frame_lengths.clamp_max(n_frames), time_masks, time_width, gen)
+    return intervals_to_mask(fs, fw, n_mels), intervals_to_mask(ts, tw, n_frames)
+
+
+def spec_augment(
+    feats: Tensor,
+    frame_lengths: Tensor,
+    gen: torch.Generator,
+    freq_masks: int = 2,
+    freq_width: int = 8,
+    time_masks: int = 2,
+    time_width: int = 20,
+    fill: str = "mean",
+) -> Tensor:
+    """SpecAugment on [B, n_mels, F]: frequency and time masks (see `specaugment_masks`), filled with the
+    clip's mean over its real cells (`fill="mean"`) or 0 (`fill="zero"`). Padding frames stay 0."""
+    if fill not in ("mean", "zero"):
+        raise ValueError(f"spec_augment: fill must be 'mean' or 'zero', got {fill!r}")
+    b, n_mels, n_frames = feats.shape
+    frame_lengths = frame_lengths.to(device=feats.device, dtype=torch.long)
+    fmask, tmask = specaugment_masks(
+        n_mels, frame_lengths, n_frames, gen, freq_masks, freq_width, time_masks, time_width
+    )
+    real = lengths_to_mask(frame_lengths, n_frames).unsqueeze(1)  # [B, 1, F]
+    masked = (fmask.unsqueeze(2) | tmask.unsqueeze(1)) & real
+    if fill == "mean":
+        zero = torch.zeros((), dtype=feats.dtype, device=feats.device)
+        value = torch.where(real, feats, zero).sum((1, 2)) / (frame_lengths.clamp_min(1) * n_mels).to(
+            feats.dtype
+        )
+        value = value.view(b, 1, 1)
+    else:
+        value = torch.zeros((), dtype=feats.dtype, device=feats.device)
+    out = torch.where(masked, value, feats)
+    return torch.where(real, out, torch.zeros((), dtype=feats.dtype, device=feats.device))
+
+
+# -- mixup ---------------------------------------------------------------------------------------------------
+def beta_sample(alpha: float, gen: torch.Generator) -> float:
+    """One draw of Beta(alpha, alpha), seeded from `gen` (torch's Beta takes no generator: numpy's does)."""
+    if alpha <= 0:
+        raise ValueError(f"mixup: alpha must be > 0, got {alpha}")
+    _check_gen(gen)
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=_device(gen)).item())
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+@dataclass
+class MixupResult:
+    """Mixed inputs `x` (and `lengths`), the labels of both sources and their weight: x = lam*x_a +
+    (1-lam)*x_b."""
+
+    x: Tensor
+    labels_a: Tensor
+    labels_b: Tensor
+    lam: float
+    lengths: Tensor | None = None
+    perm: Tensor | None = None
+
+    def targets(self, n_classes: int) -> Tensor:
+        """Mixed one-hot targets [B, n_classes]: lam * onehot(labels_a) + (1 - lam) * onehot(labels_b)."""
+        a = torch.nn.functional.one_hot(self.labels_a.long(), n_classes).float()
+        b = torch.nn.functional.one_hot(self.labels_b.long(), n_classes).float()
+        return self.lam * a + (1.0 - self.lam) * b
+
+    def loss(self, criterion: Callable[[Tensor, Tensor], Tensor], logits: Tensor) -> Tensor:
+        """lam * criterion(logits, labels_a) + (1 - lam) * criterion(logits, labels_b)."""
+        return self.lam * criterion(logits, self.labels_a) + (1.0 - self.lam) * criterion(
+            logits, self.labels_b
+        )
+
+
+def mixup(
+    x: Tensor, labels: Tensor, gen: torch.Generator, alpha: float = 0.4, lengths: Tensor | None = None
+) -> MixupResult:
+    """Mixup over the batch: x [B, ...] (waveforms [B, T] or log-mels [B, n_mels, F], time last), one lam ~
+    Beta(alpha, alpha) and a random pairing. With `lengths` (time-last lengths) the mixed clip is as long as
+    the longer of its two sources."""
+    b = x.shape[0]
+    lam = beta_sample(alpha, gen)
+    _check_gen(gen)
+    perm = torch.randperm(b, generator=gen, device=_device(gen)).to(x.device)
+    mixed = lam * x + (1.0 - lam) * x[perm]
+    new_len = None
+    if lengths is not None:
+        lengths = lengths.to(device=x.device, dtype=torch.long)
+        new_len = torch.maximum(lengths, lengths[perm])
+    labels = labels.to(x.device)
+    return MixupResult(mixed, labels, labels[perm], lam, new_len, perm)
+
+
+# -- a set of settings ---------------------------------------------------------------------------------------
+@dataclass
+class AudioAugment:
+    """Augmentation settings and their application (training only). None / 0 switches a step off.
+
+    Waveform steps run in this order: crop -> speed -> shift -> gain -> noise. Seconds are converted to
+    samples with `sample_rate`.
+    """
+
+    sample_rate: int = 16000
+    crop_s: float | None = None  # random crop to at most this many seconds
+    shift_s: float | None = None  # circular time shift of up to +-shift_s
+    speed_factors: tuple[float, ...] | None = None  # e.g. (0.9, 1.0, 1.1)
+    speed_range: Range | None = None  # or a [lo, hi] factor range
+    speed_p: float = 1.0
+    gain_db: Range | None = None  # e.g. (-6, 6)
+    gain_p: float = 1.0
+    noise_snr_db: Range | None = None  # e.g. (5, 20)
+    noise_p: float = 1.0
+    noises: list[Tensor] | None = field(default=None, repr=False)  # noise clips; None = white noise
+    freq_masks: int = 0
+    freq_width: int = 8
+    time_masks: int = 0
+    time_width: int = 20
+    spec_fill: str = "mean"
+    mixup_alpha: float | None = None  # e.g. 0.4
+    mixup_p: float = 1.0
+
+    @property
+    def wave_enabled(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.crop_s,
+                self.shift_s,
+                self.speed_factors,
+                self.speed_range,
+                self.gain_db,
+                self.noise_snr_db,
+            )
+        )
+
+    @property
+    def spec_enabled(self) -> bool:
+        return (self.freq_masks > 0 and self.freq_width > 0) or (self.time_masks > 0 and self.time_width > 0)
+
+    def apply_wave(self, wave: Tensor, lengths: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The waveform steps; -> (wave, lengths) (crop and speed change the lengths and the width)."""
+        lengths = lengths.to(device=wave.device, dtype=torch.long)
+        if self.crop_s is not None:
+            wave, lengths = random_crop(wave, lengths, gen, max(1, round(self.crop_s * self.sample_rate)))
+        if self.speed_factors is not None or self.speed_range is not None:
+            new, new_len, _ = speed_perturb(wave, lengths, gen, self.speed_factors, self.speed_range)
+            apply = _coin(wave.shape[0], self.speed_p, gen, wave.device)
+            width = max(new.shape[1], wave.shape[1])
+            new = torch.nn.functional.pad(new, (0, width - new.shape[1]))
+            old = torch.nn.functional.pad(wave, (0, width - wave.shape[1]))
+            wave = torch.where(apply.unsqueeze(1), new, old)
+            lengths = torch.where(apply, new_len, lengths)
+            wave = wave[:, : max(1, int(lengths.max()))] if lengths.numel() else wave
+        if self.shift_s is not None:
+            wave = time_shift(wave, lengths, gen, round(self.shift_s * self.sample_rate))
+        if self.gain_db is not None:
+            wave = random_gain(wave, lengths, gen, self.gain_db, self.gain_p)
+        if self.noise_snr_db is not None:
+            wave = add_noise(wave, lengths, gen, self.noise_snr_db, self.noises, self.noise_p)
+        return wave, lengths
+
+    def apply_spec(self, feats: Tensor, frame_lengths: Tensor, gen: torch.Generator) -> Tensor:
+        """SpecAugment with these settings (feats unchanged when it is off)."""
+        if not self.spec_enabled:
+            return feats
+        return spec_augment(
+            feats,
+            frame_lengths,
+            gen,
+            self.freq_masks,
+            self.freq_width,
+            self.time_masks,
+            self.time_width,
+            self.spec_fill,
+        )
+
+    def apply_mixup(
+        self, x: Tensor, labels: Tensor, gen: torch.Generator, lengths: Tensor | None = None
+    ) -> MixupResult | None:
+        """Mixup with probability mixup_p per batch; None when it is off or not drawn this batch (the coin is
+        always tossed when it is on, so the stream of draws does not depend on the outcome)."""
+        if self.mixup_alpha is None:
+            return None
+        if not bool(_coin(1, self.mixup_p, gen, "cpu")[0]):
+            return None
+        return mixup(x, labels, gen, self.mixup_alpha, lengths)
