@@ -27,8 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers_hf import CORPUS, make_tiny_roberta, make_tiny_wavlm  # noqa: E402
 
-from mer.cli import extract_hf  # noqa: E402
-from mer.errors import run_cli  # noqa: E402
+from mer.features.extract_hf import HFOptions, extract_hf  # noqa: E402
 from mer.features.store import FeatureStoreReader  # noqa: E402
 
 
@@ -53,16 +52,10 @@ def make_manifest(root: Path, n: int, seed: int) -> Path:
 
 
 def run(manifest: Path, out: Path, models: dict, batch_size: int, device: str, sort: bool) -> dict:
-    argv = ["--manifest", str(manifest), "--out", str(out), "--audio-model", str(models["audio"]),
-            "--text-model", str(models["text"]), "--batch-size", str(batch_size), "--device", device, "--quiet",
-            "--audio-pooling", "mean_std"]
-    if not sort:
-        argv.append("--no-sort")
+    opts = HFOptions(audio_model=str(models["audio"]), text_model=str(models["text"]), audio_pooling="mean_std",
+                     batch_size=batch_size, sort=sort, device=device)
     with contextlib.redirect_stdout(io.StringIO()):
-        rc = run_cli(extract_hf.main, argv)
-    if rc != 0:
-        raise SystemExit(f"extraction failed with exit code {rc}")
-    return json.loads((out / extract_hf.REPORT_JSON).read_text())
+        return extract_hf(manifest, out, opts, quiet=True)
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mer.data.feature_dataset import FeatureDataset
+from mer.features.dataset import FeatureDataset
 from mer.features.memmap import MemmapStore, build_memmap
 from mer.features.store import FeatureStoreWriter
 from mer.schema import EMOTIONS_7, TaskConfig

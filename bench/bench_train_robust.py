@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from mer.config import validate
-from mer.data.feature_dataset import FeatureDataset, collate_batch
 from mer.evaluation.metrics import compute_metrics
+from mer.features.dataset import FeatureDataset, collate_batch
 from mer.features.memmap import build_memmap
 from mer.features.store import FeatureStoreWriter
 from mer.models import build_model

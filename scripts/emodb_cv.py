@@ -24,10 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mer.cli import extract_features, train
-from mer.data.feature_dataset import FeatureDataset
-from mer.errors import run_cli
+from mer.config import load_config
+from mer.errors import UserError, run_cli
 from mer.evaluation.metrics import compute_metrics
+from mer.features.dataset import FeatureDataset
+from mer.features.extract_mfcc import extract_mfcc_hash
+from mer.recipes import features
 from mer.schema import TaskConfig, ViewConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,25 +62,26 @@ def baseline(store: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
     return te.label_ids, clf.predict(xt)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--emodb", default=str(ROOT.parent / "shared" / "data" / "emodb"))
-    ap.add_argument("--out", default="emodb_cv")
-    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--emodb", default=str(ROOT.parent / "shared" / "data" / "emodb"),
+                    help="the EmoDB corpus folder (wav/ with its 535 clips); default ../shared/data/emodb")
+    ap.add_argument("--out", default="emodb_cv", help="folder for the manifest, features, runs and tables")
+    ap.add_argument("--epochs", type=int, default=80, help="FlexibleAT training epochs per fold (default 80)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds; metrics are pooled over seeds too")
     ap.add_argument("--set", nargs="*", default=[], help="extra config overrides for every fold")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if not Path(args.emodb).is_dir():
+        raise UserError(f"--emodb {args.emodb}: no such folder (the EmoDB corpus, with its wav/ folder)")
     out = Path(args.out).resolve()
     dataset, store = out / "dataset", out / "features" / "mfcc_mm"
 
     if not (dataset / "meta_manifest.jsonl").is_file():
         cmd = [sys.executable, "-m", "mer_builder", "build", "--datasets", "emodb", "--path", f"emodb={args.emodb}",
                "--out", str(dataset), "--policy", "emodb.boredom=neutral", "--quiet"]
-        subprocess.run(cmd, check=True)
-    if run_cli(extract_features.main, ["--manifest", str(dataset / "meta_manifest.jsonl"),
-                                       "--out", str(out / "features" / "mfcc"), "--memmap", str(store),
-                                       "--text-dim", "8"]):
-        return 1
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise UserError(f"building the EmoDB manifest failed: {' '.join(cmd[2:])}")
+    extract_mfcc_hash(dataset / "meta_manifest.jsonl", out / "features" / "mfcc", memmap=store, text_dim=8)
 
     rows, pooled = [], {"model": ([], []), "logreg": ([], [])}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -94,9 +97,7 @@ def main() -> int:
                     f"test: {{speaker_regex: '{te_re}'}}}}", "data.eval_views=[test]", f"train.epochs={args.epochs}",
                     "train.progress=false", *args.set,
                 ]
-                if run_cli(train.main, ["--config", str(ROOT / "configs" / "emodb_mfcc_flexible_a.yaml"),
-                                        "--set", *overrides]):
-                    return 1
+                features.train(load_config(ROOT / "configs" / "emodb_mfcc_flexible_a.yaml", overrides))
             m = json.loads((run_dir / "eval_test" / "metrics_eval.json").read_text())
             with (run_dir / "eval_test" / "predictions.csv").open(newline="") as f:
                 preds = list(csv.DictReader(f))
@@ -131,4 +132,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -16,13 +16,15 @@ import soundfile as sf
 
 from mer.cli import extract_features as ex
 from mer.cli import train as train_cli
-from mer.cli.common import build_feature_model, open_feature_view
 from mer.config import load_config
 from mer.errors import run_cli
+from mer.features import extract_mfcc
 from mer.features.memmap import MemmapStore, open_store
 from mer.features.mfcc import MFCCMeanStd
 from mer.features.store import FeatureStoreReader
 from mer.features.text_hash import TextHasher
+from mer.recipes.features import build as build_feature_model
+from mer.recipes.features import open_view as open_feature_view
 
 SR = 16000
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -194,20 +196,20 @@ def test_rerun_skips_done_rows_and_a_killed_run_resumes(corpus, tmp_path, monkey
     full = tmp_path / "full"
     assert extract(corpus, full) == 0
     read: list[str] = []
-    real_read = ex.decode_audio
+    real_read = extract_mfcc.decode_audio
 
     def counting_read(path, *args, **kwargs):
         read.append(Path(path).relative_to(corpus.parent / "audio").with_suffix("").as_posix())
         return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "decode_audio", counting_read)
+    monkeypatch.setattr(extract_mfcc, "decode_audio", counting_read)
     assert extract(corpus, full) == 0  # nothing done is read or computed again; the failures are retried
     assert sorted(read) == sorted(rid for rid, why in FAILED.items() if why != "bad_row")
     report = json.loads((full / "extract_report.json").read_text())
     assert (report["already_in_store"], report["written"], report["store_rows"]) == (8, 0, 8)
 
     # killed while computing its second window of 4 rows
-    monkeypatch.setattr(ex, "WINDOW", 4)
+    monkeypatch.setattr(extract_mfcc, "WINDOW", 4)
     calls = {"n": 0}
     real_call = MFCCMeanStd.__call__
 

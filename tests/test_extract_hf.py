@@ -17,9 +17,7 @@ from mer.cli import extract_hf
 from mer.data.context import build_context, truncate_left
 from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.errors import run_cli
-from mer.features.memmap import MemmapStore
-from mer.features.store import FeatureStoreReader
-from mer.models.hf_encoders import (
+from mer.features.hf_encoders import (
     encode_audio,
     encode_text,
     load_encoder,
@@ -27,6 +25,8 @@ from mer.models.hf_encoders import (
     pool_text,
     text_max_length,
 )
+from mer.features.memmap import MemmapStore
+from mer.features.store import FeatureStoreReader
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 from helpers_store import make_store, store_arrays
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from mer.data.feature_dataset import FeatureDataset, collate_batch
 from mer.errors import UserError
+from mer.features.dataset import FeatureDataset, collate_batch
 from mer.features.memmap import MemmapStore
 from mer.schema import EMOTIONS_7, TaskConfig, ViewConfig
 

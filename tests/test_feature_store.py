@@ -15,7 +15,8 @@ import pytest
 from helpers_store import make_store, store_arrays
 
 from mer.cli.build_memmap import main as build_memmap_main
-from mer.data.manifest import CARRIED_FIELDS, manifest_sha256, read_manifest
+from mer.data.manifest import manifest_sha256, read_manifest
+from mer.data.records import CARRIED_FIELDS
 from mer.errors import UserError, run_cli
 from mer.features.memmap import MemmapStore, build_memmap, open_store
 from mer.features.store import FeatureStoreReader, FeatureStoreWriter

@@ -17,6 +17,7 @@ from mer.config import validate
 from mer.data.hf_inputs import prepare_audio
 from mer.data.manifest_dataset import HFCollator, ManifestDataset
 from mer.errors import UserError
+from mer.features.hf_encoders import encode_audio, load_encoder, pool_audio, select_layer
 from mer.models import build_model
 from mer.models.hf_at import (
     HFAudioTextModel,
@@ -25,7 +26,6 @@ from mer.models.hf_at import (
     load_hf_encoders,
     save_encoder_files,
 )
-from mer.models.hf_encoders import encode_audio, load_encoder, pool_audio, select_layer
 from mer.schema import ModelConfig, TaskConfig, ViewConfig
 
 LABELS = ["anger", "joy", "sadness", "neutral"]
@@ -67,7 +67,7 @@ def batch_for(model: HFAudioTextModel, waves, texts, labels=None) -> dict:
     n = len(waves) if waves is not None else len(texts)
     items = [{"audio": waves[i] if waves is not None else None, "text": texts[i] if texts else "",
               "current": texts[i] if texts else "", "label": (labels or [0] * n)[i], "index": i,
-              "audio_present": waves is not None, "text_present": bool(texts)} for i in range(n)]
+              "audio_mask": waves is not None, "text_mask": bool(texts)} for i in range(n)]
     return HFCollator(enc_a, tok, model.mode, max_text_tokens=64, min_audio_samples=400)(items)
 
 
@@ -298,7 +298,7 @@ def test_empty_transcripts_mask_the_text_in_AT_and_are_skipped_and_counted_in_T(
     at = ManifestDataset(tmp_path / "m.jsonl", view, task, mode="AT", rows=rows)
     t = ManifestDataset(tmp_path / "m.jsonl", view, task, mode="T", rows=rows)
     empty = {r["id"] for r in rows[:3] if r["split"] == "train"}
-    assert len(at) == 16 and {at.ids[i] for i in np.flatnonzero(~at.text_present)} == empty
+    assert len(at) == 16 and {at.ids[i] for i in np.flatnonzero(~at.text_mask)} == empty
     assert len(t) == 16 - len(empty) and t.skipped == {"empty_text": len(empty)}
     assert not empty & set(t.ids)
     with warnings.catch_warnings():
@@ -325,8 +325,8 @@ def test_the_real_minilm_works_as_the_text_encoder():
     enc = load_hf_encoders(cfg.hf, "T")
     assert enc.context_sep == " [SEP] " and enc.max_text_tokens() == 512
     model = build_model(cfg, 3, encoders=enc).eval()
-    items = [{"audio": None, "text": t, "current": t, "label": 0, "index": i, "audio_present": False,
-              "text_present": True} for i, t in enumerate(["I am so happy today", "This is terrible"])]
+    items = [{"audio": None, "text": t, "current": t, "label": 0, "index": i, "audio_mask": False,
+              "text_mask": True} for i, t in enumerate(["I am so happy today", "This is terrible"])]
     batch = HFCollator(None, enc.tokenizer, "T", max_text_tokens=32)(items)
     with torch.no_grad():
         vec = model.text_vector(batch["input_ids"], batch["text_attention_mask"])
@@ -338,7 +338,7 @@ def test_pool_audio_of_model_matches_the_shared_utilities(dirs):
     model = make(dirs, "A", audio_pooling="mean_std").eval()
     fe = processor(str(dirs["audio"]), "audio")
     enc = prepare_audio(fe, clips(0.5, 0.8))
-    from mer.models.hf_encoders import encode_audio
+    from mer.features.hf_encoders import encode_audio
 
     with torch.no_grad():
         hidden, mask = encode_audio(model.audio_encoder, enc["input_values"], enc["attention_mask"])

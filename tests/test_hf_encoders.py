@@ -1,4 +1,4 @@
-"""mer.models.hf_encoders and mer.data.context on tiny random WavLM / RoBERTa encoders saved to a temp folder:
+"""mer.features.hf_encoders and mer.data.context on tiny random WavLM / RoBERTa encoders saved to a temp folder:
 loading (and the offline error), frame masks, layer choice, pooling, batching invariance, dialogue context."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from helpers_hf import make_tiny_roberta, make_tiny_wavlm
 from mer.data.context import build_context, context_parts, truncate_left
 from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.errors import UserError
-from mer.models.blocks import masked_mean, mean_std_pool
-from mer.models.hf_encoders import (
+from mer.features.hf_encoders import (
     audio_output_lengths,
     check_layer,
     encode_audio,
@@ -28,6 +27,7 @@ from mer.models.hf_encoders import (
     select_layer,
     text_max_length,
 )
+from mer.features.pooling import masked_mean, mean_std_pool
 
 
 @pytest.fixture(scope="session")

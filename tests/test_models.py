@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from mer.errors import UserError
+from mer.features.pooling import masked_mean, mean_std_pool
 from mer.models import MODELS, FlexibleATModel, RobustATModel, build_model, model_summary, register
-from mer.models.blocks import GatedFusion, SwiGLU, TransformerBlock, masked_mean, mean_std_pool
+from mer.models.blocks import GatedFusion, SwiGLU, TransformerBlock
 from mer.models.robust_at import CLSTokenFusion
 from mer.schema import FusionConfig, ModelConfig
 

@@ -19,7 +19,8 @@ from mer.cli import suite as suite_cli
 from mer.config import load_config
 from mer.data.views import select_rows
 from mer.errors import run_cli
-from mer.suite_plan import Paths, plan_runs
+from mer.suites.plan import Paths, plan_runs
+from mer.suites.run import prepare_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = ("run_full_paper_suite", "run_iemocap4_cv", "run_paper_experiments", "run_meld_ft_experiments",
@@ -224,7 +225,7 @@ def demo_data(tmp_path_factory) -> Path:
     """The demo corpus (2 RAVDESS actors, MELD, IEMOCAP), its manifest, features and tiny encoders, made once by
     the suite's own data stage."""
     data = tmp_path_factory.mktemp("suite_demo_data")
-    suite_cli.prepare_demo_data(Paths(data, data, None), speakers=2, features=True, encoders=True)
+    prepare_demo_data(Paths(data, data, None), speakers=2, features=True, encoders=True)
     return data
 
 

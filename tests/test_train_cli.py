@@ -88,7 +88,7 @@ def test_train_then_evaluate_writes_every_contract2_file(tmp_path, store):
 
 
 def test_feature_standardization_uses_training_statistics(store):
-    from mer.data.feature_dataset import FeatureDataset
+    from mer.features.dataset import FeatureDataset
     from mer.schema import TaskConfig, ViewConfig
 
     train_set = FeatureDataset(store, ViewConfig(split="train"), TaskConfig())
@@ -178,8 +178,8 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path, store):
-    from mer.data.feature_dataset import FeatureDataset, collate_batch
     from mer.evaluation.metrics import compute_metrics
+    from mer.features.dataset import FeatureDataset, collate_batch
     from mer.schema import TaskConfig, ViewConfig
 
     task = TaskConfig()

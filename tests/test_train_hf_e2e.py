@@ -26,6 +26,7 @@ from mer.data.bucketing import BucketBatchSampler, bucketed_batch_sampler_fn, pa
 from mer.data.manifest_dataset import ManifestDataset
 from mer.data.views import select_rows
 from mer.errors import run_cli
+from mer.recipes import end_to_end
 from mer.schema import TaskConfig, ViewConfig
 from mer.training.loop import Trainer
 
@@ -164,7 +165,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(env, tmp_path, monkeyp
     assert run_cli(train_cli.main, ["--config", str(killed_cfg)]) == 130
     monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
     # the resume rebuilds the encoders from the run's own files: the config's encoder folders are not read
-    monkeypatch.setattr("mer.cli.train_hf.load_hf_encoders", lambda *a: pytest.fail("loaded the encoders"))
+    monkeypatch.setattr("mer.recipes.end_to_end.load_hf_encoders", lambda *a: pytest.fail("loaded the encoders"))
     assert run_cli(train_cli.main, ["--config", str(killed_cfg), "--resume"]) == 0
     full, resumed = tmp_path / "full" / "runs" / "toy", tmp_path / "killed" / "runs" / "toy"
     assert (full / "metrics_val.csv").read_text() == (resumed / "metrics_val.csv").read_text()
@@ -256,7 +257,7 @@ def test_every_shipped_e2e_config_loads_and_validates():
     cfgs = {}
     for path in paths:
         cfg = load_config(path).cfg
-        train_cli.check_config(cfg)
+        end_to_end.check_config(cfg)
         assert cfg.run.name.startswith(path.stem) and cfg.model.name == "hf_at"
         assert cfg.data.train_view in cfg.data.views and all(v in cfg.data.views for v in cfg.data.eval_views)
         cfgs[path.stem] = cfg

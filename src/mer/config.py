@@ -381,3 +381,16 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> LoadedConfig:
     """Load the config named by `--config` with the `--set` overrides applied."""
     return load_config(args.config, getattr(args, "overrides", None) or ())
+
+
+def add_eval_args(parser: argparse.ArgumentParser, source_flag: str, source_help: str) -> argparse.ArgumentParser:
+    """The arguments every evaluation entry point takes: --run, --view, --checkpoint, a data source override
+    (`--store` or `--manifest`), --batch-size, --device, --quiet."""
+    parser.add_argument("--run", required=True, help="run directory (config_resolved.yaml, checkpoints/, ...)")
+    parser.add_argument("--view", required=True, nargs="+", help="view name(s) from the config's data.views")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    parser.add_argument(source_flag, help=source_help)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default=None, help="override run.device (auto, cpu, cuda)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser

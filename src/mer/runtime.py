@@ -13,16 +13,19 @@ import torch
 from mer.errors import UserError
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """`auto`: CUDA when present, else CPU. An explicit CUDA device that is not there is a user error."""
+def select_device(name: str = "auto", key: str = "config key 'run.device'") -> torch.device:
+    """`auto`: CUDA when present, else CPU. An explicit CUDA device that is not there, or a device other than
+    cpu / cuda, is a user error naming `key` (the config key or the flag that asked for it)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise UserError(f"config key 'run.device': unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
+        raise UserError(f"{key}: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"config key 'run.device': {name!r} asked for but no CUDA device is available")
+        raise UserError(f"{key}: {name!r} asked for but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{key}: {name!r}: only cpu and cuda devices are supported")
     return device
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mer.errors import UserError
 from mer.io import atomic_write_text
-from mer.reporting.splits import OFFICIAL_SPLIT_DATASETS, _official, check_manifest, format_report
+from mer.reporting.splits import OFFICIAL_SPLIT_DATASETS, check_manifest, format_report, parse_official
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("manifest", metavar="MANIFEST", help="meta_manifest.jsonl written by mer-builder")
     parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON to OUT")
     parser.add_argument(
-        "--official", metavar="NAMES", type=_official, default=None,
+        "--official", metavar="NAMES", type=parse_official, default=None,
         help="comma-separated datasets that keep official splits, so that speakers shared across their splits "
         f"are warnings, not faults (default: {','.join(sorted(OFFICIAL_SPLIT_DATASETS))}; '' for none)",
     )

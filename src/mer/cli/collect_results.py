@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mer.reporting.collect import collect_results, comparison_report, write_reports
+from mer.reporting.collect import collect_and_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +22,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``collect_results.py OUTPUT_ROOT [--out DIR]``; prints the report, then the files written."""
     args = build_parser().parse_args(argv)
-    collection = collect_results(args.output_root, progress=True)
-    written = write_reports(collection, args.out or args.output_root)
-    print(comparison_report(collection))
-    for path in written.values():
-        print(f"wrote {path}")
+    print(collect_and_report(args.output_root, args.out))
     return 0

@@ -1,20 +1,12 @@
-"""`evaluate.py --run DIR --view NAME [--checkpoint best|last]`: evaluate a trained run on a view."""
+"""`evaluate.py --run DIR --view NAME [--checkpoint best|last]`: evaluate a trained feature-track run on a view."""
 
 from __future__ import annotations
 
 import argparse
 
-from mer.cli.common import (
-    add_eval_args,
-    check_feature_config,
-    eval_model_from_checkpoint,
-    open_feature_view,
-    open_run,
-    print_eval_table,
-)
-from mer.data.feature_dataset import collate_batch
-from mer.evaluation.evaluate import evaluate_view
-from mer.features.memmap import open_store
+from mer.config import add_eval_args
+from mer.recipes import features
+from mer.recipes.common import eval_table, per_class_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,19 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run_dir, cfg, device, precision = open_run(args)
-    check_feature_config(cfg, "evaluate.py")
-    store = open_store(args.store or cfg.data.store)
-    datasets = {name: open_feature_view(store, cfg, name) for name in args.view}
-    model = eval_model_from_checkpoint(run_dir, args.checkpoint, device, datasets.values())
-    results = {}
-    for name, dataset in datasets.items():
-        results[name] = evaluate_view(
-            model, dataset, out_dir=run_dir / f"eval_{name}", run_name=run_dir.name, view_name=name,
-            checkpoint=args.checkpoint, device=device, precision=precision,
-            batch_size=args.batch_size or cfg.data.eval_batch_size, collate_fn=collate_batch,
-            num_workers=cfg.data.num_workers, progress=not args.quiet)
-    print_eval_table(results)
-    for name in results:
-        print(f"wrote {run_dir / f'eval_{name}'}")
+    results = features.evaluate(args.run, args.view, args.checkpoint, store=args.store, device=args.device,
+                                batch_size=args.batch_size, progress=not args.quiet)
+    print(eval_table(results))
+    for name, metrics in results.items():
+        print(f"\n{name}: per class\n{per_class_table(metrics)}")
+        print(f"wrote {args.run}/eval_{name}")
     return 0

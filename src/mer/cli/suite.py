@@ -4,299 +4,23 @@
     python -m mer.cli.suite run_paper_experiments --profile demo       # the whole suite, tiny, on the demo corpus
     python -m mer.cli.suite run_iemocap4_cv --only 're:seed0_fold[12]_AT$' --set data.num_workers=4
 
-The suites are data (mer.suites). Each run is one train.py / train_hf_e2e.py call with the run's config and
-overrides; then the result collector summarises the output root (summary.csv, comparison_report.md).
-
-Rerunning is safe: a finished run (`eval_<view>/metrics_eval.json` for each of its eval views) is skipped; a run
-with `checkpoints/last.pt` is resumed (`--resume`), or only evaluated when its training had finished; a run folder
-left by a start that died before its first checkpoint is removed and started again. A run whose `init_from`
-parent has no checkpoint, and is not run before it, stops the suite before anything trains. A failing run stops
-the suite with one line naming the run and the command that reruns it.
-
-Profiles. `full`: the shipped configs unchanged, on the real corpora of `--data-root` (default data/mer):
-`<data-root>/meta_manifest.jsonl` (mer-builder's manifest, read by the end-to-end runs) and
-`<data-root>/features/mfcc_hash{,_mm}` (the MFCC + hashed-text store and its memmap, read by the feature runs;
-run_full_pipeline builds both, from `--raw-root`). `demo`: the same runs at tiny scale on the generated demo
-corpus (RAVDESS + MELD + IEMOCAP layouts, synthesized speech), made under `--data-root` (default
-`<output-root>/demo_data`) when missing, with tiny local encoders and few epochs; runs needing a corpus the demo
-lacks are skipped, each with its reason.
+The suites are data (mer.suites.catalogue); planning and running: mer.suites.plan, mer.suites.run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from mer.cli import configs_dir
 from mer.errors import UserError
-from mer.io import atomic_write_text
-from mer.suite_plan import (
-    BLOCKED,
-    DONE,
-    EVALUATE,
-    NEW,
-    RESTART,
-    RESUME,
-    Options,
-    Paths,
-    PlannedRun,
-    apply_requirements,
-    manifest_corpora,
-    missing_views,
-    name_filter,
-    parse_seeds,
-    plan_runs,
-    preflight,
-    rerun_command,
-    run_state,
-)
-from mer.suites import DEFAULT_SEEDS, DEMO_CORPORA, SUITE_NAMES, build_suites
+from mer.suites.catalogue import DEFAULT_SEEDS, SUITE_NAMES, build_suites
+from mer.suites.plan import Options, Paths, parse_seeds
+from mer.suites.run import run_suite
 
-DEMO_RAW = "raw"
-DEMO_DONE = ".demo_done"
-DEMO_TEXT_TOKENS = 256  # room for the context configs' token limits (192 / 256)
 DEFAULT_OUTPUT = {"full": "runs", "demo": "demo_suite"}
 
 
-@dataclass
-class Outcome:
-    name: str
-    action: str
-    seconds: float = 0.0
-
-
-
-# ---------------------------------------------------------------------------------------------------- data
-def _builder(*args: str) -> None:
-    """The dataset builder is a separate project: MER meets it only at the manifest, through its CLI."""
-    cmd = [sys.executable, "-m", "mer_builder", *args]
-    proc = subprocess.run(cmd, check=False)
-    if proc.returncode != 0:
-        raise UserError(f"dataset builder step failed (exit code {proc.returncode}): "
-                        f"{shlex.join(['python', '-m', 'mer_builder', *args])}")
-
-
-def _extract_features(paths: Paths, quiet: bool) -> None:
-    from mer.cli import extract_features
-
-    rc = extract_features.main(["--manifest", str(paths.manifest), "--out", str(paths.store),
-                                "--memmap", str(paths.memmap), *(["--quiet"] if quiet else [])])
-    if rc:
-        raise UserError(f"feature extraction failed (exit code {rc}): extract_at_features.py --manifest "
-                        f"{paths.manifest} --out {paths.store} --memmap {paths.memmap}")
-
-
-def _tiny_encoders(paths: Paths) -> None:
-    from mer.models.tiny_encoders import make_tiny_roberta, make_tiny_wavlm
-
-    for modality, make in (("audio", make_tiny_wavlm), ("text", make_tiny_roberta)):
-        final = paths.encoder(modality)
-        if (final / "config.json").is_file():
-            continue
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-        try:
-            if modality == "text":
-                make(tmp / "enc", max_tokens=DEMO_TEXT_TOKENS)
-            else:
-                make(tmp / "enc")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp / "enc", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _one_thread() -> None:
-    """Demo profile: one intra-op thread. Tiny models gain nothing from more, and on a shared machine the extra
-    threads spin at every op's barrier and make them several times slower."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _stage(title: str) -> float:
-    print(f"\n=== {title}", flush=True)
-    return time.perf_counter()
-
-
-def prepare_demo_data(paths: Paths, speakers: int, features: bool, encoders: bool) -> None:
-    """The demo corpus (RAVDESS + MELD + IEMOCAP layouts), its manifest, and as needed the feature store and the
-    tiny encoders, under the data root; each part only when missing."""
-    raw = paths.data_root / DEMO_RAW
-    t0 = _stage(f"data: demo corpus in {raw}")
-    if (raw / DEMO_DONE).is_file():
-        print("up to date")
-    else:
-        _builder("make-demo", "--out", str(raw), "--speakers", str(speakers), "--iemocap", "--quiet")
-        atomic_write_text(raw / DEMO_DONE, "ok\n")
-    if paths.manifest.is_file():
-        print(f"manifest up to date: {paths.manifest}")
-    else:
-        _builder("build", "--datasets", "all", "--raw-root", str(raw), "--out", str(paths.data_root),
-                 "--ratios", "0.6,0.2,0.2", "--quiet")
-    print(f"({time.perf_counter() - t0:.1f}s)")
-    if features:
-        t0 = _stage(f"data: MFCC + hashed-text features -> {paths.memmap}")
-        _extract_features(paths, quiet=True)
-        print(f"({time.perf_counter() - t0:.1f}s)")
-    if encoders:
-        _tiny_encoders(paths)
-        print(f"tiny encoders: {paths.encoder('audio')}, {paths.encoder('text')}")
-
-
-def prepare_full_data(opts: Options, runs: list[PlannedRun]) -> None:
-    """run_full_pipeline: build the manifest from --raw-root (when missing) and extract the features
-    (resumable). Other suites: check that what their runs read is there."""
-    paths, stages = opts.paths, opts.suite.prepare
-    if "dataset" in stages:
-        t0 = _stage(f"data: manifest {paths.manifest}")
-        if paths.manifest.is_file():
-            print("up to date (delete it to rebuild)")
-        else:
-            raw = paths.raw_root or Path("raw")
-            if not raw.is_dir():
-                raise UserError(f"--raw-root {raw}: no such folder (the raw corpora, one sub-folder each, that "
-                                f"mer-builder builds {paths.manifest} from)")
-            _builder("build", "--datasets", "all", "--raw-root", str(raw), "--out", str(paths.data_root))
-        print(f"({time.perf_counter() - t0:.1f}s)")
-    if "features" in stages:
-        t0 = _stage(f"data: MFCC + hashed-text features -> {paths.memmap}")
-        _extract_features(paths, quiet=False)
-        print(f"({time.perf_counter() - t0:.1f}s)")
-    todo = [r for r in runs if r.skip is None and r.state != DONE]
-    if any(r.step.entry == "train_hf" for r in todo) and not paths.manifest.is_file():
-        raise UserError(f"manifest not found: {paths.manifest} (build it with mer-builder, or give --data-root)")
-    if any(r.step.entry == "train" for r in todo) and not paths.memmap.is_dir():
-        raise UserError(f"feature store not found: {paths.memmap} (run run_full_pipeline, or extract_at_features.py "
-                        f"--manifest {paths.manifest} --out {paths.store} --memmap {paths.memmap})")
-
-
-# ------------------------------------------------------------------------------------------------ running
-def _call(run: PlannedRun, fn: Callable[[list[str]], int | None], argv: list[str], opts: Options) -> None:
-    rerun = rerun_command(opts, run.name)
-    try:
-        rc = fn(argv)
-    except UserError as exc:
-        message = " ".join(str(exc).split())
-        raise UserError(f"run {run.name} failed: {message}; rerun it with: {rerun}") from None
-    except Exception as exc:  # a crash (a bug, out of memory): its traceback, then the suite's one line
-        traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise UserError(f"run {run.name} failed ({type(exc).__name__}: {first}); rerun it with: {rerun}") from None
-    if rc:
-        raise UserError(f"run {run.name} failed (exit code {rc}); rerun it with: {rerun}")
-
-
-def execute(run: PlannedRun, opts: Options) -> str:
-    """Train (or resume, or evaluate) one run; return what was done."""
-    state, detail = run_state(run)
-    if state == BLOCKED:
-        raise UserError(f"run {run.name}: {detail}")
-    if state == RESTART:
-        shutil.rmtree(run.run_dir)
-        state = NEW
-    if state in (NEW, RESUME):
-        resume = state == RESUME
-        print("$ " + shlex.join(run.command(resume)), flush=True)
-        if run.step.entry == "train_hf":
-            from mer.cli.train_hf import main as entry
-        else:
-            from mer.cli.train import main as entry
-        argv = ["--config", str(run.config), "--set", *run.overrides, *(["--resume"] if resume else [])]
-        _call(run, entry, argv, opts)
-        action = "resumed" if resume else "trained"
-    else:  # EVALUATE: training had finished; only views are missing
-        views = missing_views(run)
-        if run.step.entry == "train_hf":
-            from mer.cli.evaluate_hf import main as evaluate
-
-            extra = ["--quiet"]
-        else:
-            from mer.cli.evaluate import main as evaluate
-
-            extra = []
-        argv = ["--run", str(run.run_dir), "--view", *views, "--checkpoint", run.cfg.eval.checkpoint, *extra]
-        print("$ " + shlex.join(["python", "evaluate_hf_e2e.py" if extra else "evaluate.py", *argv]), flush=True)
-        _call(run, evaluate, argv, opts)
-        action = "evaluated"
-    missing = missing_views(run)
-    if missing:
-        raise UserError(f"run {run.name} ended without {run.run_dir / f'eval_{missing[0]}' / 'metrics_eval.json'}; "
-                        f"rerun it with: {rerun_command(opts, run.name)}")
-    return action
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
-# ----------------------------------------------------------------------------------------------- printing
-def print_plan(runs: list[PlannedRun], opts: Options, corpora_note: str) -> None:
-    print(f"suite {opts.suite.name} (profile {opts.profile}): {opts.suite.description}")
-    print(f"output root {opts.paths.output_root}   data root {opts.paths.data_root}   {corpora_note}")
-    width = max([len(r.name) for r in runs] + [3])
-    for i, run in enumerate(runs, 1):
-        status = f"skip: {run.skip}" if run.skip else {NEW: "to run", DONE: "finished: skipped"}.get(
-            run.state, f"blocked: {run.detail}" if run.state == BLOCKED else run.detail)
-        parent = f"  init_from {run.step.depends_on}" if run.step.depends_on else ""
-        print(f"{i:3d}  {run.name:<{width}}  {run.step.entry:<8}  {run.step.config}  "
-              f"eval {','.join(run.eval_views)}{parent}  [{status}]")
-        print(f"     --set {shlex.join(run.overrides)}")
-    counts = _counts(runs)
-    print(f"\n{len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "blocked"))
-
-
-def _counts(runs: list[PlannedRun]) -> dict[str, int]:
-    labels = {NEW: "to run", RESTART: "to run", RESUME: "to resume", EVALUATE: "to evaluate", DONE: "finished",
-              BLOCKED: "blocked"}
-    counts = {"to run": 0, "to resume": 0, "to evaluate": 0, "finished": 0, "skipped": 0, "blocked": 0}
-    for run in runs:
-        counts["skipped" if run.skip else labels[run.state]] += 1
-    return counts
-
-
-def collect(output_root: Path) -> None:
-    from mer.cli import collect_results
-    from mer.reporting.collect import find_metric_files
-
-    print(f"\n=== results: {output_root}")
-    if not output_root.is_dir() or not find_metric_files(output_root):
-        print("no results yet (no eval_<view>/metrics_eval.json below the output root)")
-        return
-    collect_results.main([str(output_root)])
-
-
-def print_summary(outcomes: list[Outcome], runs: list[PlannedRun], opts: Options, seconds: float) -> None:
-    width = max([len(o.name) for o in outcomes] + [3])
-    done = {}
-    for o in outcomes:
-        done[o.action] = done.get(o.action, 0) + 1
-    print(f"\nsuite {opts.suite.name} (profile {opts.profile}) finished in {_clock(seconds)}: "
-          + ", ".join(f"{n} {a}" for a, n in done.items()))
-    for o in outcomes:  # the runs this invocation worked on (the finished ones are only counted)
-        if o.action != "already finished":
-            print(f"  {o.name:<{width}}  {o.action:<10} {o.seconds:8.1f}s")
-    skipped = [r for r in runs if r.skip]
-    if skipped:
-        print("skipped:")
-        for run in skipped:
-            print(f"  {run.name}: {run.skip}")
-    print(f"runs in {opts.paths.output_root}; tables: {opts.paths.output_root / 'comparison_report.md'}, "
-          f"{opts.paths.output_root / 'summary.csv'}. A rerun skips what is finished.")
-
-
-# ------------------------------------------------------------------------------------------------ the CLI
 def build_parser() -> argparse.ArgumentParser:
     suites = build_suites()
     parser = argparse.ArgumentParser(
@@ -353,62 +77,12 @@ def make_options(args: argparse.Namespace) -> Options:
     if args.overrides:
         echo += ["--set", *args.overrides]
     return Options(build_suites(seeds)[args.suite], args.profile, Paths(output_root, data_root, raw_root),
-                   list(args.overrides), seeds, args.demo_speakers, echo)
+                   list(args.overrides), seeds, args.demo_speakers, configs_dir(), echo)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    t_start = time.perf_counter()
-    opts = make_options(args)
-    selected = name_filter(args.only, [s.name for s in opts.suite.steps])
-    runs = plan_runs(opts, selected)
-
-    present = manifest_corpora(opts.paths.manifest)
-    if present is None and opts.profile == "demo":
-        present, note = set(DEMO_CORPORA), f"demo corpora: {', '.join(DEMO_CORPORA)}"
-    elif present is None:
-        note = f"no manifest at {opts.paths.manifest} yet: corpus requirements not checked"
-    else:
-        note = f"manifest corpora: {', '.join(sorted(present))}"
-    where = "the demo corpus" if opts.profile == "demo" else str(opts.paths.manifest)
-    apply_requirements(runs, present, where)
-    for run in runs:
-        if run.skip is None:
-            run.state, run.detail = run_state(run)
-
-    if args.dry_run:
-        print_plan(runs, opts, note)
-        return 0
-    preflight(runs, opts)
-
-    todo = [r for r in runs if r.skip is None and r.state != DONE]
-    if opts.profile == "demo":
-        _one_thread()
-        if todo:
-            prepare_demo_data(opts.paths, opts.demo_speakers, features=any(r.step.entry == "train" for r in todo),
-                              encoders=any(r.step.entry == "train_hf" for r in todo))
-    else:
-        prepare_full_data(opts, runs)
-    if (present is None or opts.profile == "demo") and opts.paths.manifest.is_file():
-        apply_requirements(runs, manifest_corpora(opts.paths.manifest), where)  # the corpora it really has
-
-    outcomes: list[Outcome] = []
-    active = [r for r in runs if r.skip is None]
-    for i, run in enumerate(active, 1):
-        state, detail = run_state(run)
-        header = f"[{i}/{len(active)}] {run.name}"
-        if state == DONE:
-            print(f"\n=== {header}: finished, skipped ({run.run_dir})")
-            outcomes.append(Outcome(run.name, "already finished"))
-            continue
-        print(f"\n=== {header} ({run.step.entry}, {run.step.config}{', ' + detail if detail else ''})   "
-              f"elapsed {_clock(time.perf_counter() - t_start)}", flush=True)
-        t0 = time.perf_counter()
-        action = execute(run, opts)
-        outcomes.append(Outcome(run.name, action, time.perf_counter() - t0))
-
-    collect(opts.paths.output_root)
-    print_summary(outcomes, runs, opts, time.perf_counter() - t_start)
+    run_suite(make_options(args), args.only, dry_run=args.dry_run)
     return 0
 
 

@@ -8,9 +8,6 @@ from pathlib import Path
 
 from mer.errors import UserError
 
-# The manifest fields every feature-store row carries (views and tasks filter on these).
-CARRIED_FIELDS = ["id", "dataset", "split", "domain", "speaker", "label", "source_label", "dialogue_id", "turn"]
-
 
 def read_manifest(path: str | Path) -> list[dict]:
     """Read `meta_manifest.jsonl`; a bad line is a UserError naming the file and the line number."""

@@ -131,8 +131,8 @@ class ManifestDataset(Dataset):
         self.paths: list[Path | None] = [paths[j] for j in r]
         self.currents: list[str] = [parts[j][1] for j in r]
         self.texts: list[str] = [f"{parts[j][0]}{context_sep}{parts[j][1]}" if parts[j][0] else parts[j][1] for j in r]
-        self.audio_present = np.asarray([self.use_audio and n_samples[j] > 0 for j in r], dtype=bool)
-        self.text_present = np.asarray([self.use_text and bool(parts[j][1].strip()) for j in r], dtype=bool)
+        self.audio_mask = np.asarray([self.use_audio and n_samples[j] > 0 for j in r], dtype=bool)
+        self.text_mask = np.asarray([self.use_text and bool(parts[j][1].strip()) for j in r], dtype=bool)
         self.audio_samples = n_samples[r]
         self.lengths = (self.audio_samples.copy() if self.use_audio
                         else np.asarray([len(t) for t in self.texts], dtype=np.int64))
@@ -199,22 +199,22 @@ class ManifestDataset(Dataset):
         i %= len(self)
         audio = None
         if self.use_audio:
-            audio = self.read_audio(i) if self.audio_present[i] else np.zeros(0, dtype=np.float32)
+            audio = self.read_audio(i) if self.audio_mask[i] else np.zeros(0, dtype=np.float32)
         return {
             "audio": audio,
             "text": self.texts[i],
             "current": self.currents[i],
             "label": int(self.label_ids[i]),
             "index": i,
-            "audio_present": bool(self.audio_present[i]),
-            "text_present": bool(self.text_present[i]),
+            "audio_mask": bool(self.audio_mask[i]),
+            "text_mask": bool(self.text_mask[i]),
         }
 
 
 class HFCollator:
     """Items of `ManifestDataset` -> the batch dict of `HFAudioTextModel`:
 
-    - audio (modes A, AT): `input_values` [B, S] float32 and `attention_mask` [B, S] (right padding; each clip
+    - audio (modes A, AT): `input_values` [B, S] float32 and `audio_attention_mask` [B, S] (right padding; each clip
       normalised over its own samples by the feature extractor); a clip shorter than `min_audio_samples` (the
       encoder's receptive field) is zero-padded up to it as real signal;
     - text (modes T, AT): `input_ids` [B, L] and `text_attention_mask` [B, L], at most `max_text_tokens` tokens;
@@ -238,8 +238,8 @@ class HFCollator:
         batch = {
             "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-            "audio_mask": torch.tensor([bool(it["audio_present"]) and "A" in self.mode for it in items]),
-            "text_mask": torch.tensor([bool(it["text_present"]) and "T" in self.mode for it in items]),
+            "audio_mask": torch.tensor([bool(it["audio_mask"]) and "A" in self.mode for it in items]),
+            "text_mask": torch.tensor([bool(it["text_mask"]) and "T" in self.mode for it in items]),
         }
         if "A" in self.mode:
             waves = []
@@ -249,7 +249,7 @@ class HFCollator:
                     x = np.pad(x, (0, self.min_audio_samples - x.size))
                 waves.append(x)
             enc = prepare_audio(self.feature_extractor, waves)
-            batch["input_values"], batch["attention_mask"] = enc["input_values"], enc["attention_mask"]
+            batch["input_values"], batch["audio_attention_mask"] = enc["input_values"], enc["attention_mask"]
         if "T" in self.mode:
             ids = truncate_left(self.tokenizer, [it["text"] for it in items], self.max_text_tokens,
                                 [it["current"] for it in items])

@@ -23,12 +23,12 @@ def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name
     if batch_sampler is None:
         batch_sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     loader = make_loader(dataset, batch_sampler, collate_fn, num_workers)
-    idx, y_true, probs, loss = predict(model.to(device), loader, device, precision, progress=progress,
+    idx, y_true, probs, losses = predict(model.to(device), loader, device, precision, progress=progress,
                                        desc=f"eval {view_name}")
     order = np.argsort(idx, kind="stable")  # predictions.csv in dataset order, whatever the batch order
     idx, y_true, probs = idx[order], y_true[order], probs[order]
     ids = [dataset.ids[i] for i in idx]
-    info = {"loss": loss, "rows_outside_task": dict(getattr(dataset, "dropped", {}) or {})}
+    info = {"loss": losses["ce"], "rows_outside_task": dict(getattr(dataset, "dropped", {}) or {})}
     return write_eval_outputs(out_dir, ids=ids, y_true=y_true, probs=probs, labels=list(dataset.labels),
                               run_name=run_name, view_name=view_name, checkpoint=checkpoint,
                               extra={**info, **(extra or {})})

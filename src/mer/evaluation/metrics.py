@@ -31,6 +31,19 @@ from sklearn.metrics import (
     recall_score,
 )
 
+#: The summary metrics of `compute_metrics`: the one list every other list of metric names (validation metrics,
+#: the columns of the collected tables) is derived from.
+SUMMARY_METRICS = ("acc", "macro_f1", "weighted_f1", "uar")
+#: Per-epoch validation losses: `loss` is the training criterion (class weights, label smoothing, focal loss as
+#: configured), `ce` the plain cross-entropy. Lower is better.
+LOSS_METRICS = ("loss", "ce")
+#: What `train.best_metric` and `train.scheduler.metric` may name.
+VAL_METRICS = (LOSS_METRICS[0], *SUMMARY_METRICS, *LOSS_METRICS[1:])
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in LOSS_METRICS
+
 
 def _as_index_array(values, name: str, n_classes: int) -> np.ndarray:
     """Return ``values`` as a 1-D int64 array of class indices in ``[0, n_classes)``."""
@@ -85,11 +98,15 @@ def compute_metrics(y_true, y_pred, labels: list[str]) -> dict:
         }
         for i, name in enumerate(labels)
     }
-    return {
+    summaries = {
         "acc": float(accuracy_score(yt, yp)),
         "macro_f1": float(f1_score(yt, yp, labels=present, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(yt, yp, labels=present, average="weighted", zero_division=0)),
         "uar": float(recall_score(yt, yp, labels=in_true, average="macro", zero_division=0)),
+    }
+    assert set(summaries) == set(SUMMARY_METRICS)
+    return {
+        **summaries,
         "per_class": per_class,
         "n": int(yt.size),
         "labels": labels,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mer.data.manifest import CARRIED_FIELDS
+from mer.data.records import CARRIED_FIELDS
 from mer.errors import UserError
 from mer.features.store import (
     ROWS_JSONL,

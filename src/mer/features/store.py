@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mer.data.manifest import CARRIED_FIELDS
+from mer.data.records import CARRIED_FIELDS
 from mer.errors import UserError
 from mer.io import atomic_write_text
 

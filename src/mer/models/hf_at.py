@@ -44,21 +44,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mer.errors import UserError
-from mer.models.blocks import ModalityProjection
-from mer.models.hf_encoders import (
-    _hidden_states,
-    _quiet_transformers,
+from mer.features.hf_encoders import (
     check_layer,
     encode_text,
     frame_mask_from_waveform_mask,
+    hidden_states_of,
     load_encoder,
     min_audio_samples,
     pool_audio,
     pool_text,
     pooled_dim,
+    quiet_transformers,
     select_layer,
     text_max_length,
 )
+from mer.models.blocks import ModalityProjection
 from mer.models.registry import MODE_MODALITIES, register
 from mer.models.robust_at import CLSTokenFusion
 from mer.schema import HFModelConfig, ModelConfig
@@ -149,7 +149,7 @@ def encoders_from_files(folder: str | Path, mode: str) -> HFEncoders:
             raise UserError(f"{sub}: no config.json; expected the encoder files that train_hf_e2e.py writes into "
                             "<run>/encoders/")
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model = AutoModel.from_config(AutoConfig.from_pretrained(str(sub)))
                 proc = (AutoFeatureExtractor if modality == "audio" else AutoTokenizer).from_pretrained(str(sub))
         except (OSError, ValueError, KeyError) as exc:
@@ -213,7 +213,7 @@ def encode_audio_states(model: nn.Module, input_values: Tensor, attention_mask: 
         # torch warns about WavLM's mixed bool key-padding mask and float position bias; the result is right.
         warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask and attn_mask.*")
         out = model(input_values, attention_mask=attention_mask, output_hidden_states=all_states)
-    states = _hidden_states(out, all_states)
+    states = hidden_states_of(out, all_states)
     if states[-1].shape[1] != frame_mask.shape[1]:
         raise RuntimeError(f"the encoder gave {states[-1].shape[1]} frames, its conv arithmetic says "
                            f"{frame_mask.shape[1]}")
@@ -331,7 +331,7 @@ class HFAudioTextModel(nn.Module):
             hidden = encode_text(self.text_encoder, input_ids, attention_mask)
         return pool_text(hidden.float(), attention_mask, self.cfg.hf.text_pooling)
 
-    _INPUTS = {"audio": ("input_values", "attention_mask"), "text": ("input_ids", "text_attention_mask")}
+    _INPUTS = {"audio": ("input_values", "audio_attention_mask"), "text": ("input_ids", "text_attention_mask")}
 
     def _modality_token(self, modality: str, batch: dict, mask: Tensor) -> Tensor:
         """The modality's token [B, hidden]: encoded, pooled and projected (zeros in, when no row has it)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mer.models.hf_encoders import _quiet_transformers
+from mer.features.hf_encoders import quiet_transformers
 
 CORPUS = [
     "i am so happy to see you again",
@@ -59,7 +59,7 @@ def make_tiny_wavlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = WavLMModel(cfg)
-    with _quiet_transformers():  # no "Writing model shards" progress bar
+    with quiet_transformers():  # no "Writing model shards" progress bar
         model.save_pretrained(path)
     Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
@@ -106,7 +106,7 @@ def make_tiny_roberta(path: str | Path, hidden: int = 32, layers: int = 2, max_t
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RobertaModel(cfg)
-    with _quiet_transformers():  # no "Writing model shards" progress bar
+    with quiet_transformers():  # no "Writing model shards" progress bar
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -35,16 +35,15 @@ import numpy as np
 from tqdm import tqdm
 
 from mer.errors import UserError
+from mer.evaluation.metrics import SUMMARY_METRICS
 from mer.io import atomic_write_text
 
 METRICS_FILE = "metrics_eval.json"
+SHORT_NAMES = {"weighted_f1": "wf1"}  # column names of the summaries, where shorter than the metric's key
+TABLE_ORDER = (0, 2, 1, 3)  # the summary metrics in the tables' column order: acc, wf1, macro_f1, uar
 # (column name in the summaries, key in metrics_eval.json)
-METRIC_KEYS: tuple[tuple[str, str], ...] = (
-    ("acc", "acc"),
-    ("wf1", "weighted_f1"),
-    ("macro_f1", "macro_f1"),
-    ("uar", "uar"),
-)
+METRIC_KEYS: tuple[tuple[str, str], ...] = tuple(
+    (SHORT_NAMES.get(k, k), k) for k in (SUMMARY_METRICS[i] for i in TABLE_ORDER))
 METRIC_COLUMNS = tuple(name for name, _ in METRIC_KEYS)
 SUMMARY_FILE = "summary.csv"
 AGGREGATED_FILE = "summary_aggregated.csv"
@@ -366,3 +365,11 @@ def write_reports(collection: Collection, out_dir: str | os.PathLike) -> dict[st
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def collect_and_report(output_root: str | Path, out: str | Path | None = None, progress: bool = True) -> str:
+    """Collect every metrics file below `output_root`, write the summaries (into `out`, default the root) and
+    return the comparison report followed by the list of files written."""
+    collection = collect_results(output_root, progress=progress)
+    written = write_reports(collection, out or output_root)
+    return "\n".join([comparison_report(collection), *(f"wrote {p}" for p in written.values())])

@@ -315,5 +315,5 @@ def format_report(report: SplitReport, max_texts: int = 20) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def _official(value: str) -> list[str]:
+def parse_official(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]

@@ -1,15 +1,38 @@
-"""Checkpoints: plain dicts of tensors and primitives, saved atomically, loaded with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and primitives, saved atomically, loaded with weights_only=True.
+
+What a checkpoint holds is named here once (the `*_KEY` constants): `best.pt` = the evaluation weights (the EMA
+ones when EMA was on) + what rebuilds the model; `last.pt` = everything exact resume needs as well (optimizer,
+scheduler, scaler, EMA, early stopping, RNG states, epoch). `eval_weights` chooses the weights to evaluate and
+`rebuild_model` rebuilds a model from a checkpoint's own record.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from mer.config import validate
 from mer.errors import UserError
 from mer.io import atomic_write
+from mer.models import build_model
+from mer.schema import ModelConfig
 
 FORMAT_VERSION = 1
+
+MODEL_KEY = "model"  # the model's state_dict (best.pt: the evaluation weights)
+EMA_KEY = "ema"  # last.pt: the AveragedModel's state_dict ({} without EMA)
+LABELS_KEY = "labels"  # the task's label list, in class-index order
+EPOCH_KEY = "epoch"
+MODEL_CFG_KEY = "model_cfg"  # the model section of the config (rebuilds the architecture)
+CONFIG_KEY = "config"  # the whole resolved config
+AUDIO_DIM_KEY, TEXT_DIM_KEY = "audio_dim", "text_dim"  # feature models: the store's dims
+FEATURE_STATS_KEY = "feature_stats"  # feature models: the training view's z-scoring statistics
+ENCODERS_KEY = "encoders"  # end-to-end models: where each encoder came from
+VAL_METRICS_KEY = "val_metrics"  # best.pt: the validation row of its epoch
+# last.pt only: what exact resume restores
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "early_stopping", "rng", "sample_gen", "aug_gen")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -17,15 +40,65 @@ def save_checkpoint(state: dict, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint without unpickling code; a missing or unreadable file is a one-line user error."""
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", require: tuple[str, ...] = ()) -> dict:
+    """Load a checkpoint without unpickling code; a missing, empty, truncated or foreign file, or one without the
+    `require`d entries (e.g. `best.pt` given where `last.pt` is needed), is a one-line user error naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes; an interrupted copy?)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt/foreign file
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"cannot read checkpoint {path}: not a MER checkpoint (no 'model' entry)")
+        raise UserError(f"cannot read checkpoint {path}: {_first_line(exc)} (truncated or not a checkpoint)") from exc
+    if not isinstance(state, dict) or MODEL_KEY not in state:
+        raise UserError(f"cannot read checkpoint {path}: not a MER checkpoint (no '{MODEL_KEY}' entry)")
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise UserError(f"cannot use checkpoint {path}: it has no {', '.join(missing)} (resume needs a last.pt; "
+                        "best.pt holds only the evaluation weights)")
     return state
+
+
+def eval_weights(state: dict, which: str) -> dict:
+    """The weights to evaluate: `best.pt`'s model (already the EMA weights when EMA was on); for `last.pt`, its
+    EMA weights when the run had EMA, else its model."""
+    ema = state.get(EMA_KEY) or {}
+    if which == "last" and ema:
+        return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+    return state[MODEL_KEY]
+
+
+def check_labels(state: dict, labels: list[str], path: str | Path) -> None:
+    """The checkpoint's label list must be the task's, in the same order (else its class indices mean other
+    classes): one line naming both."""
+    have = list(state.get(LABELS_KEY) or [])
+    if have != list(labels):
+        why = "in another order" if sorted(have) == sorted(labels) else "another label set"
+        raise UserError(f"{path}: the checkpoint's labels {have} differ from the config's task labels "
+                        f"{list(labels)} ({why}); evaluate with the run's own task")
+
+
+def rebuild_model(state: dict, encoders=None) -> nn.Module:
+    """The model of a checkpoint, rebuilt from its own record (model config, dims or encoders, labels), with the
+    architecture only (load the weights with `eval_weights`)."""
+    if MODEL_CFG_KEY not in state:
+        raise UserError(f"the checkpoint has no '{MODEL_CFG_KEY}' entry: not written by a MER trainer")
+    model_cfg = validate(state[MODEL_CFG_KEY], ModelConfig)
+    n_classes = len(state[LABELS_KEY])
+    if encoders is not None:
+        return build_model(model_cfg, n_classes, encoders=encoders)
+    return build_model(model_cfg, n_classes, audio_dim=state.get(AUDIO_DIM_KEY), text_dim=state.get(TEXT_DIM_KEY))
+
+
+def training_finished(state: dict, epochs: int, patience: int | None) -> bool:
+    """Whether `last.pt`'s state is the end of training: all `epochs` run, or early-stopped (`patience` epochs
+    without improvement). A resume of a finished run has nothing to train."""
+    bad_epochs = int((state.get("early_stopping") or {}).get("bad_epochs", 0))
+    return int(state[EPOCH_KEY]) >= epochs or (patience is not None and bad_epochs >= patience)

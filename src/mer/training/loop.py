@@ -94,23 +94,31 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_overrides:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable[dict], device: torch.device, precision: Precision,
-            progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Run `model` over `loader` in eval mode: (dataset positions, labels, softmax probabilities, mean CE loss)."""
+            progress: bool = False, desc: str = "eval", criterion: nn.Module | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Run `model` over `loader` in eval mode: (dataset positions, labels, softmax probabilities, losses).
+
+    `losses` holds `loss`, the mean of `criterion` (the training criterion: class weights, label smoothing or
+    focal loss as configured; plain cross-entropy when None), and `ce`, the mean plain cross-entropy."""
     model.eval()
-    idx, labels, probs, loss_sum, n = [], [], [], 0.0, 0
+    idx, labels, probs, loss_sum, ce_sum, n = [], [], [], 0.0, 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         batch = move_to_device(batch, device)
         with precision.autocast(device):
             logits = model(batch)
         logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
-        n += logits.shape[0]
+        bs = logits.shape[0]
+        ce = nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
+        ce_sum += ce
+        loss_sum += criterion(logits, batch["label"]).item() * bs if criterion is not None else ce
+        n += bs
         idx.append(batch["index"].cpu())
         labels.append(batch["label"].cpu())
         probs.append(torch.softmax(logits, dim=-1).cpu())
     if n == 0:
         raise UserError("cannot evaluate an empty view")
-    return (torch.cat(idx).numpy(), torch.cat(labels).numpy(), torch.cat(probs).numpy(), loss_sum / n)
+    return (torch.cat(idx).numpy(), torch.cat(labels).numpy(), torch.cat(probs).numpy(),
+            {"loss": loss_sum / n, "ce": ce_sum / n})
 
 
 def default_batch_sampler(dataset: Dataset, sampler: Sampler, batch_size: int) -> Iterable[list[int]]:
@@ -221,9 +229,12 @@ class Trainer:
                 logits = self.model(batch)
             loss = self.criterion(logits.float(), batch["label"])
             if not torch.isfinite(loss):
+                last = self.ckpt_dir / "last.pt"
+                kept = (f"The last good checkpoint is {last}" if last.is_file()
+                        else "No checkpoint was written (it diverged before the end of the first epoch)")
                 raise TrainingDiverged(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; stopped. The last good "
-                    f"checkpoint is {self.ckpt_dir / 'last.pt'} (lower train.lr or set train.grad_clip)")
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; stopped. {kept} (lower "
+                    "train.lr or set train.grad_clip)")
             self.scaler.scale(loss / cfg.grad_accum).backward()
             if step % cfg.grad_accum == 0 or step == n_batches:
                 self._optimizer_step()
@@ -250,9 +261,10 @@ class Trainer:
             self.scheduler.step()
 
     def _validate(self, epoch: int) -> dict:
-        _, y_true, probs, loss = predict(self._eval_model(), self.val_loader, self.device, self.precision)
+        _, y_true, probs, losses = predict(self._eval_model(), self.val_loader, self.device, self.precision,
+                                           criterion=self.criterion)
         metrics = self.metrics_fn(y_true, probs.argmax(-1))
-        return {"epoch": epoch, "loss": loss, **_scalars(metrics)}
+        return {"epoch": epoch, **losses, **_scalars(metrics)}
 
     def fit(self) -> FitResult:
         cfg = self.cfg

@@ -1,4 +1,4 @@
-"""Experiment suites as data: the ordered runs that reproduce a paper table (driver: `python -m mer.cli.suite`).
+"""Experiment suites as data: the ordered runs that reproduce a paper table (driver: `mer.suites.run`, CLI `python -m mer.cli.suite`).
 
 A `Suite` is an ordered list of `Step`s (plus the data stages it prepares first). A `Step` is one run: its name,
 its entry point (`train` = train.py, feature-store models; `train_hf` = train_hf_e2e.py, end-to-end encoders),
@@ -14,10 +14,7 @@ the repeats that `collect_results` pools, the config's own `run.name` for the fe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 #: the corpora of the paper, in the report's order
 CORPORA = ("RAVDESS", "CREMA-D", "MELD", "IEMOCAP", "ESD", "EmoV-DB", "MEAD")

@@ -23,7 +23,8 @@ import yaml
 from mer.config import RESOLVED_NAME, LoadedConfig, load_config, parse_override
 from mer.errors import UserError
 from mer.schema import ExperimentConfig
-from mer.suites import CONFIGS_DIR, PROFILE_OVERRIDES, Step, Suite, build_suites
+from mer.suites.catalogue import PROFILE_OVERRIDES, Step, Suite, build_suites
+from mer.training.checkpoint import training_finished
 
 MANIFEST = "meta_manifest.jsonl"
 FEATURE_STORE = Path("features") / "mfcc_hash"
@@ -96,6 +97,7 @@ class Options:
     user_sets: list[str]
     seeds: tuple[int, ...]
     demo_speakers: int
+    configs_dir: Path  # the folder of the shipped configs the steps name (the CLI resolves it)
     argv_echo: list[str] = field(default_factory=list)  # the options that a rerun command repeats
 
 
@@ -212,7 +214,7 @@ def plan_runs(opts: Options, selected: Callable[[str], bool]) -> list[PlannedRun
     for step in opts.suite.steps:
         if not selected(step.name):
             continue
-        config = CONFIGS_DIR / step.config
+        config = opts.configs_dir / step.config
         if not config.is_file():
             raise UserError(f"run {step.name}: config file not found: {config}")
         base = _step_overrides(step, opts)
@@ -254,12 +256,11 @@ def _training_finished(run: PlannedRun) -> tuple[bool, int]:
     try:
         state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epoch = int(state["epoch"])
-        bad_epochs = int((state.get("early_stopping") or {}).get("bad_epochs", 0))
+        finished = training_finished(state, run.cfg.train.epochs, run.cfg.train.early_stopping.patience)
     except Exception as exc:  # torch raises several types for a corrupt file
         raise UserError(f"run {run.name}: cannot read {last} ({str(exc).splitlines()[0]}); delete the run folder "
                         "to start it again") from None
-    patience = run.cfg.train.early_stopping.patience
-    return epoch >= run.cfg.train.epochs or (patience is not None and bad_epochs >= patience), epoch
+    return finished, epoch
 
 
 def run_state(run: PlannedRun) -> tuple[str, str]:

@@ -15,13 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from mer.data.task import empty_view_message, task_label_ids
+from mer.data.views import select_rows
 from mer.errors import UserError
 from mer.features.memmap import MemmapStore, open_store
 from mer.features.store import FeatureStoreReader
 from mer.schema import TaskConfig, ViewConfig
-
-from .task import empty_view_message, task_label_ids
-from .views import select_rows
 
 FeatureSource = MemmapStore | FeatureStoreReader
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mer.errors import UserError
-from mer.models.blocks import masked_mean, mean_std_pool
+from mer.features.pooling import masked_mean, mean_std_pool
 
 Kind = Literal["audio", "text"]
 Layer = str | int
@@ -67,7 +67,7 @@ def hub_offline() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and weight-loading progress bars while loading."""
     from transformers.utils import logging as hf_logging
 
@@ -128,7 +128,7 @@ def load_encoder(name_or_dir: str | Path, kind: Kind) -> tuple[nn.Module, object
             raise UserError(f"{name}: its processor {type(processor).__name__} is not a tokenizer")
         return model, processor
 
-    with _quiet_transformers():
+    with quiet_transformers():
         if local.is_dir():
             try:
                 model, processor = load(str(local.resolve()))
@@ -217,7 +217,7 @@ def _clipwise_feature_encoder(model: nn.Module, lengths: list[int]) -> Iterator[
         del fe.forward  # back to the class's forward
 
 
-def _hidden_states(out, with_all: bool) -> tuple[Tensor, ...]:
+def hidden_states_of(out, with_all: bool) -> tuple[Tensor, ...]:
     """The model output as a hidden-state tuple whose last entry is the final output (see module doc)."""
     if not with_all:
         return (out.last_hidden_state,)
@@ -246,7 +246,7 @@ def encode_audio(
         # torch warns about WavLM's mixed bool key-padding mask and float position bias; the result is right.
         warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask and attn_mask.*")
         out = model(input_values, attention_mask=attention_mask, output_hidden_states=with_all)
-    hidden = select_layer(_hidden_states(out, with_all), layer)
+    hidden = select_layer(hidden_states_of(out, with_all), layer)
     if hidden.shape[1] != frame_mask.shape[1]:
         raise RuntimeError(
             f"the encoder gave {hidden.shape[1]} frames, its conv arithmetic says {frame_mask.shape[1]}"
@@ -271,7 +271,7 @@ def encode_text(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, lay
     """Run the text encoder on a right-padded batch: hidden states of `layer` [B, L, H]."""
     with_all = layer != "last"
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=with_all)
-    return select_layer(_hidden_states(out, with_all), layer)
+    return select_layer(hidden_states_of(out, with_all), layer)
 
 
 # -- layers and pooling ----------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""The batch contract: what a dataset gives the training loop and the evaluator, and the batch a model receives.
+
+One name per concept, in items and batches alike:
+
+- ``label`` [B] int64: the task's class index; ``index`` [B] int64: the row's position in its dataset (the
+  evaluator puts predictions back in dataset order with it);
+- ``audio_mask`` / ``text_mask`` [B] bool: True where the modality is present in the row and used by the mode
+  (a model masks an absent modality out; modality dropout clears these in training);
+- ``audio`` / ``text`` [B, dim] float32: pooled feature vectors (feature-store track);
+- ``input_values`` [B, S] float32 + ``audio_attention_mask`` [B, S] (1 = a real sample, right padding) and
+  ``input_ids`` [B, L] int64 + ``text_attention_mask`` [B, L]: encoder inputs (end-to-end track).
+
+A model is a ``torch.nn.Module`` whose ``forward(batch)`` returns logits [B, n_classes]. Keys a model does not
+read are ignored by it; the loop reads only ``label`` and ``index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypedDict, runtime_checkable
+
+import numpy as np
+from torch import Tensor
+
+
+class CommonBatch(TypedDict):
+    """The keys every batch has, whatever the track."""
+
+    label: Tensor  # [B] int64
+    index: Tensor  # [B] int64, positions in the dataset
+    audio_mask: Tensor  # [B] bool
+    text_mask: Tensor  # [B] bool
+
+
+class FeatureBatch(CommonBatch):
+    """A batch of `mer.features.dataset.FeatureDataset`: pooled vectors from a feature store."""
+
+    audio: Tensor  # [B, audio_dim] float32 (a zero-width tensor when the store has no audio)
+    text: Tensor  # [B, text_dim] float32
+
+
+class AudioTextBatch(CommonBatch, total=False):
+    """A batch of `mer.data.manifest_dataset.HFCollator`: encoder inputs, present for the modalities of the mode."""
+
+    input_values: Tensor  # [B, S] float32 waveforms, each normalised over its own samples
+    audio_attention_mask: Tensor  # [B, S] int64, 1 = a real sample
+    input_ids: Tensor  # [B, L] int64
+    text_attention_mask: Tensor  # [B, L] int64, 1 = a real token
+
+
+class ManifestItem(TypedDict):
+    """One item of `ManifestDataset` (the collator turns a list of them into an `AudioTextBatch`)."""
+
+    audio: np.ndarray | None  # float32 samples at the encoder's rate; None when the mode has no audio
+    text: str  # the text the encoder sees (dialogue context + separator + the current turn)
+    current: str  # the current turn alone (kept whole when the text must be truncated)
+    label: int
+    index: int
+    audio_mask: bool
+    text_mask: bool
+
+
+@runtime_checkable
+class LabelledDataset(Protocol):
+    """What the training loop and the evaluator read from a dataset, besides ``len`` and its batches.
+
+    ``label_ids`` builds class weights and the class-balanced sampler; ``meta`` (manifest fields, at least
+    ``id``, ``dataset`` and ``speaker``) the per-dataset sampler and the leakage checks; ``ids`` the rows of
+    ``predictions.csv``; ``labels`` the task's label list (in class-index order); ``dropped`` the rows of the
+    view left out because their label is not in the task (source value -> count), reported with the metrics.
+    """
+
+    labels: list[str]
+    label_ids: np.ndarray  # [N] int64
+    meta: list[dict]
+    ids: list[str]
+    dropped: dict[str, int]
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class LengthsDataset(LabelledDataset, Protocol):
+    """A dataset of variable-length inputs: ``lengths`` [N] (samples or characters) drive the length buckets."""
+
+    lengths: np.ndarray | Sequence[int]
+
+
+BATCH_KEYS = tuple(CommonBatch.__annotations__)

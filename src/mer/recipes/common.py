@@ -1,0 +1,189 @@
+"""What every track's recipe shares: config checks made before a run directory exists, the run's device and
+precision, the trainer run (fit, resume, curves), opening a finished run, and the result table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mer.config import load_config
+from mer.errors import UserError
+from mer.evaluation.metrics import VAL_METRICS, compute_metrics, lower_is_better
+from mer.evaluation.reports import plot_curves
+from mer.runtime import Precision, resolve_precision, seed_everything, select_device
+from mer.schema import ExperimentConfig, ViewConfig
+from mer.training.checkpoint import load_checkpoint, training_finished
+from mer.training.loop import FitResult, Trainer, default_batch_sampler
+
+
+@dataclass
+class RunResult:
+    """What `train` gives back: the run folder, how training went, and the metrics of each evaluated view."""
+
+    run_dir: Path
+    fit: FitResult | None  # None when the run had already finished (a resume with nothing to train)
+    results: dict[str, dict] = field(default_factory=dict)
+    train_s: float = 0.0
+
+    def summary_line(self, best_metric: str) -> str:
+        if self.fit is None:
+            return "training had already finished: nothing trained"
+        f = self.fit
+        return (f"best {best_metric} {f.best_value:.4f} at epoch {f.best_epoch} ({f.epochs_run} epochs"
+                f"{', stopped early' if f.stopped_early else ''}, {self.train_s:.1f}s)")
+
+
+def check_train_config(cfg: ExperimentConfig) -> None:
+    """The value ranges of the training settings the schema cannot express, checked before a run directory exists:
+    a bad one is a one-line UserError naming the key (rather than a traceback or a failure after an epoch)."""
+    train, data = cfg.train, cfg.data
+    best_mode = "min" if lower_is_better(train.best_metric) else "max"
+    checks = [
+        ("train.epochs", train.epochs, train.epochs >= 1, ">= 1"),
+        ("train.grad_accum", train.grad_accum, train.grad_accum >= 1, ">= 1"),
+        ("data.batch_size", data.batch_size, data.batch_size >= 1, ">= 1"),
+        ("data.eval_batch_size", data.eval_batch_size, data.eval_batch_size >= 1, ">= 1"),
+        ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0"),
+        ("train.lr", train.lr, train.lr >= 0, ">= 0"),
+        ("train.weight_decay", train.weight_decay, train.weight_decay >= 0, ">= 0"),
+        ("train.best_metric", train.best_metric, train.best_metric in VAL_METRICS, f"one of {', '.join(VAL_METRICS)}"),
+        ("train.ema.decay", train.ema.decay, 0.0 <= train.ema.decay <= 1.0, "in [0, 1]"),
+        ("train.loss.label_smoothing", train.loss.label_smoothing, 0.0 <= train.loss.label_smoothing <= 1.0,
+         "in [0, 1]"),
+        ("train.augment.modality_dropout", train.augment.modality_dropout,
+         0.0 <= train.augment.modality_dropout <= 1.0, "in [0, 1]"),
+        ("train.augment.feature_noise", train.augment.feature_noise, train.augment.feature_noise >= 0, ">= 0"),
+        ("train.scheduler.warmup_epochs", train.scheduler.warmup_epochs, train.scheduler.warmup_epochs >= 0, ">= 0"),
+        ("train.scheduler.min_lr", train.scheduler.min_lr, train.scheduler.min_lr >= 0, ">= 0"),
+        ("train.best_mode", train.best_mode, train.best_mode == best_mode,
+         f"'{best_mode}' for best_metric {train.best_metric!r}"),
+    ]
+    if train.scheduler.name == "plateau":
+        sched_mode = "min" if lower_is_better(train.scheduler.metric) else "max"
+        checks += [
+            ("train.scheduler.metric", train.scheduler.metric, train.scheduler.metric in VAL_METRICS,
+             f"one of {', '.join(VAL_METRICS)}"),
+            ("train.scheduler.factor", train.scheduler.factor, 0.0 < train.scheduler.factor < 1.0, "in (0, 1)"),
+            ("train.scheduler.patience", train.scheduler.patience, train.scheduler.patience >= 0, ">= 0"),
+            ("train.scheduler.mode", train.scheduler.mode, train.scheduler.mode == sched_mode,
+             f"'{sched_mode}' for metric {train.scheduler.metric!r}"),
+        ]
+    if train.class_weights.clip is not None:
+        checks.append(("train.class_weights.clip", train.class_weights.clip, train.class_weights.clip > 0, "> 0"))
+    if train.early_stopping.patience is not None:
+        checks.append(("train.early_stopping.patience", train.early_stopping.patience,
+                       train.early_stopping.patience >= 1, ">= 1 or null (never stop early)"))
+    checks += [(f"train.lr_overrides.{k}", v, v >= 0, ">= 0") for k, v in train.lr_overrides.items()]
+    checks += [(f"train.sampler.dataset_factors.{k}", v, v > 0, "> 0")
+               for k, v in train.sampler.dataset_factors.items()]
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise UserError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def view_config(cfg: ExperimentConfig, view_name: str) -> ViewConfig:
+    """The filters of a named view of `cfg.data.views`; an undefined name is a one-line error."""
+    views = cfg.data.views
+    if view_name not in views:
+        raise UserError(f"view {view_name!r} is not defined in data.views (defined: {', '.join(views)})")
+    return views[view_name]
+
+
+def start(cfg: ExperimentConfig) -> tuple[torch.device, Precision]:
+    """Seed, then choose the device and the precision of a run."""
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    device = select_device(cfg.run.device)
+    return device, resolve_precision(cfg.train.amp, device)
+
+
+def finished_before(run_dir: Path, cfg: ExperimentConfig) -> bool:
+    """With --resume: whether the run's `last.pt` is already the end of training (all epochs, or early-stopped)."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return False
+    state = load_checkpoint(last, require=("epoch",))
+    return training_finished(state, cfg.train.epochs, cfg.train.early_stopping.patience)
+
+
+def fit(model: nn.Module, train_set, val_set, cfg: ExperimentConfig, *, run_dir: Path, device: torch.device,
+        precision: Precision, collate_fn, checkpoint_extra: dict, resume: bool,
+        batch_sampler_fn: Callable = default_batch_sampler,
+        eval_batch_sampler_fn: Callable = default_batch_sampler) -> tuple[nn.Module, FitResult, float]:
+    """Train through the one loop (resuming from `last.pt` when asked); write the curves. (model, result, seconds)."""
+    labels = list(train_set.labels)
+    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir=run_dir, labels=labels, mode=cfg.model.mode,
+                      device=device, precision=precision,
+                      metrics_fn=lambda yt, yp: compute_metrics(yt, yp, labels),
+                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+                      collate_fn=collate_fn, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
+                      checkpoint_extra=checkpoint_extra, batch_sampler_fn=batch_sampler_fn,
+                      eval_batch_sampler_fn=eval_batch_sampler_fn)
+    if resume:
+        trainer.resume()
+        print(f"resumed after epoch {trainer.start_epoch - 1}")
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    plot_curves(run_dir)
+    model = trainer.model
+    del trainer  # frees the optimizer state and the EMA copy before evaluation
+    return model, result, seconds
+
+
+def load_run_config(run_dir: Path) -> ExperimentConfig:
+    path = Path(run_dir) / "config_resolved.yaml"
+    if not path.is_file():
+        raise UserError(f"not a run directory (no config_resolved.yaml): {run_dir}")
+    return load_config(path).cfg
+
+
+def open_run(run_dir: str | Path, device: str | None = None) -> tuple[Path, ExperimentConfig, torch.device, Precision]:
+    """A finished run's folder, its resolved config, and the device and precision to evaluate with."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    cfg = load_run_config(run_dir)
+    dev = select_device(device or cfg.run.device)
+    return run_dir, cfg, dev, resolve_precision(cfg.train.amp, dev)
+
+
+def missing_eval_views(run_dir: Path, views: list[str]) -> list[str]:
+    return [v for v in views if not (Path(run_dir) / f"eval_{v}" / "metrics_eval.json").is_file()]
+
+
+def speakers_line(name: str, dataset) -> str:
+    """`view train: 376 rows, 8 speakers (EmoDB/03, ...)` — logged at the start of every run."""
+    speakers = sorted({str(m.get("speaker")) for m in dataset.meta if m.get("speaker")})
+    shown = ", ".join(speakers[:6]) + (", ..." if len(speakers) > 6 else "")
+    return f"view {name:<8} {len(dataset):>6} rows, {len(speakers)} speakers ({shown})"
+
+
+def eval_table(results: dict[str, dict]) -> str:
+    """One line per view: n, acc, macro-F1, weighted-F1, UAR."""
+    if not results:
+        return ""
+    lines = [f"{'view':<12} {'n':>6} {'acc':>7} {'macro_f1':>9} {'wf1':>7} {'uar':>7}"]
+    for name, m in results.items():
+        lines.append(f"{name:<12} {m['n']:>6} {m['acc']:>7.4f} {m['macro_f1']:>9.4f} {m['weighted_f1']:>7.4f} "
+                     f"{m['uar']:>7.4f}")
+    return "\n".join(lines)
+
+
+def per_class_table(metrics: dict) -> str:
+    """Precision, recall, F1 and support of each class of one view's metrics."""
+    lines = [f"  {'class':<12} {'prec':>6} {'rec':>6} {'f1':>6} {'n':>6}"]
+    for label, pc in metrics["per_class"].items():
+        lines.append(f"  {label:<12} {pc['precision']:>6.3f} {pc['recall']:>6.3f} {pc['f1']:>6.3f} "
+                     f"{pc['support']:>6d}")
+    return "\n".join(lines)
+
+
+def class_counts_line(dataset) -> str:
+    counts = np.bincount(np.asarray(dataset.label_ids), minlength=len(dataset.labels))
+    return ", ".join(f"{label} {int(n)}" for label, n in zip(dataset.labels, counts, strict=True))

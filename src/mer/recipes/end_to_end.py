@@ -1,0 +1,250 @@
+"""The end-to-end track: `hf_at` (a speech encoder + a text encoder + the RobustAT fusion) fine-tuned straight from
+the manifest's WAVs and transcripts through the one loop, then evaluated on the config's eval views.
+
+    manifest row -> ManifestDataset (views, task, crops, context) -> HFCollator -> HFAudioTextModel(batch)
+    -> Trainer (length buckets) -> checkpoints/best.pt -> evaluate_view -> eval_<view>/metrics_eval.json
+
+A run folder also holds `encoders/{audio,text}/`: the encoders' configs and feature extractor / tokenizer files (no
+weights), from which the model is rebuilt offline for evaluation and `--resume` (no hub, no original folders).
+Staged training: `train.init_from` loads the matching weights of another run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import RandomSampler
+
+from mer.config import LoadedConfig, make_run_dir, prepare_run, to_dict
+from mer.data.bucketing import bucketed_batch_sampler_fn, padding_fraction, sorted_batches
+from mer.data.manifest import read_manifest
+from mer.data.manifest_dataset import HFCollator, ManifestDataset
+from mer.errors import UserError
+from mer.evaluation.evaluate import evaluate_view
+from mer.features.hf_encoders import encoder_fingerprint
+from mer.io import atomic_write_text
+from mer.models import build_model, model_summary
+from mer.models.hf_at import HFEncoders, encoders_from_files, load_hf_encoders, save_encoder_files
+from mer.recipes.common import (
+    RunResult,
+    check_train_config,
+    finished_before,
+    fit,
+    missing_eval_views,
+    open_run,
+    speakers_line,
+    start,
+    view_config,
+)
+from mer.runtime import Precision
+from mer.schema import ExperimentConfig
+from mer.training.checkpoint import (
+    CONFIG_KEY,
+    ENCODERS_KEY,
+    MODEL_CFG_KEY,
+    check_labels,
+    eval_weights,
+    load_checkpoint,
+    rebuild_model,
+)
+from mer.training.loop import init_from_checkpoint, split_lr_overrides
+
+ENCODERS_DIR = "encoders"
+ENCODERS_JSON = "encoders.json"
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """What the end-to-end track needs of a config beyond the schema."""
+    if cfg.model.name != "hf_at":
+        raise UserError(f"config key 'model.name': train_hf_e2e.py trains 'hf_at', got {cfg.model.name!r} "
+                        "(feature-store models train with train.py)")
+    if cfg.train.augment.feature_noise:
+        raise UserError("config key 'train.augment.feature_noise': applies to feature-store models only; set it "
+                        "to 0 for the end-to-end model")
+    max_tokens = cfg.model.hf.max_text_tokens
+    if max_tokens is not None and max_tokens < 2:
+        raise UserError(f"config key 'model.hf.max_text_tokens': expected >= 2 (room for the special tokens) or "
+                        f"null (the text encoder's own limit), got {max_tokens}")
+    if cfg.data.bucket_batches < 1:
+        raise UserError(f"config key 'data.bucket_batches': expected >= 1 (1 = random batches), got "
+                        f"{cfg.data.bucket_batches}")
+
+
+def read_rows(manifest: str | Path | None) -> list[dict]:
+    if not manifest:
+        raise UserError("config key 'data.manifest': the end-to-end model reads the manifest's WAVs and "
+                        "transcripts; set it to the meta_manifest.jsonl written by mer-builder")
+    return read_manifest(manifest)
+
+
+def open_view(cfg: ExperimentConfig, rows: list[dict], manifest: str | Path, view_name: str,
+              encoders: HFEncoders, train: bool = False) -> ManifestDataset:
+    """The `ManifestDataset` of a named view of `cfg.data.views` (random crops when `train`)."""
+    return ManifestDataset(manifest, view_config(cfg, view_name), cfg.data.task, view_name=view_name,
+                           max_audio_s=cfg.data.max_audio_s, context_turns=cfg.data.context_turns, train=train,
+                           mode=cfg.model.mode, context_sep=encoders.context_sep,
+                           sampling_rate=encoders.sampling_rate, rows=rows)
+
+
+def make_collator(cfg: ExperimentConfig, encoders: HFEncoders) -> HFCollator:
+    return HFCollator(encoders.feature_extractor, encoders.tokenizer, cfg.model.mode,
+                      max_text_tokens=encoders.max_text_tokens(cfg.model.hf.max_text_tokens),
+                      min_audio_samples=encoders.min_audio_samples)
+
+
+def encoder_info(cfg: ExperimentConfig, enc: HFEncoders) -> dict:
+    hf, info = cfg.model.hf, {}
+    if enc.audio is not None:
+        info["audio"] = {"source": hf.audio_encoder, "fingerprint": encoder_fingerprint(enc.audio)}
+    if enc.text is not None:
+        info["text"] = {"source": hf.text_encoder, "fingerprint": encoder_fingerprint(enc.text)}
+    return info
+
+
+def write_encoders(run_dir: Path, cfg: ExperimentConfig, enc: HFEncoders) -> dict:
+    """`<run>/encoders/{audio,text}/` + `encoders.json` (where each came from and its config fingerprint)."""
+    folder = save_encoder_files(enc, run_dir / ENCODERS_DIR)
+    info = encoder_info(cfg, enc)
+    atomic_write_text(folder / ENCODERS_JSON, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def padding_line(train_set, batch_size: int, bucket_batches: int, seed: int) -> str:
+    """Padding share of one epoch's batches, bucketed vs random (on a private generator: the run's is untouched)."""
+    def batches(k: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(seed)
+        sampler = RandomSampler(range(len(train_set)), generator=gen)
+        return list(bucketed_batch_sampler_fn(k)(train_set, sampler, batch_size))
+
+    what = "audio" if train_set.use_audio else "text"
+    bucketed = padding_fraction(train_set.lengths, batches(bucket_batches))
+    random = padding_fraction(train_set.lengths, batches(1))
+    return f"padding     {what} {bucketed:.1%} of each batch with length buckets of {bucket_batches} " \
+           f"(random batches: {random:.1%})"
+
+
+def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], collator: HFCollator, *,
+                      run_dir: Path, checkpoint: str, device: torch.device, precision: Precision, batch_size: int,
+                      num_workers: int = 0, progress: bool = True) -> dict[str, dict]:
+    """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}."""
+    results = {}
+    for name, ds in datasets.items():
+        results[name] = evaluate_view(
+            model, ds, out_dir=Path(run_dir) / f"eval_{name}", run_name=Path(run_dir).name, view_name=name,
+            checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size, collate_fn=collator,
+            num_workers=num_workers, batch_sampler=sorted_batches(ds, None, batch_size), progress=progress,
+            extra={"rows_skipped": ds.skipped, "text_missing": int((~ds.text_mask).sum()) if ds.use_text else 0,
+                   "audio_missing": int((~ds.audio_mask).sum()) if ds.use_audio else 0})
+    return results
+
+
+def model_from_run(run_dir: Path, which: str) -> tuple[nn.Module, HFEncoders, dict]:
+    """Rebuild the run's model offline from `<run>/encoders/` and load the `which` checkpoint's weights."""
+    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    state = load_checkpoint(path, map_location="cpu")
+    if MODEL_CFG_KEY not in state:
+        raise UserError(f"{path}: no {MODEL_CFG_KEY}; not a train_hf_e2e.py run")
+    if state[MODEL_CFG_KEY].get("name") != "hf_at":
+        raise UserError(f"{run_dir}: a {state[MODEL_CFG_KEY].get('name')} run; evaluate it with evaluate.py")
+    encoders = encoders_from_files(Path(run_dir) / ENCODERS_DIR, state[MODEL_CFG_KEY].get("mode", "AT"))
+    model = rebuild_model(state, encoders=encoders)
+    model.load_state_dict(eval_weights(state, which))
+    return model.eval(), encoders, state
+
+
+def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
+    """Fine-tune the config's `hf_at` model, then evaluate it on `data.eval_views`."""
+    cfg = loaded.cfg
+    check_config(cfg)
+    check_train_config(cfg)
+    device, precision = start(cfg)
+
+    # Everything that can fail on the user's input is checked before a new run directory exists.
+    rows = read_rows(cfg.data.manifest)
+    run_dir = None
+    if resume:
+        run_dir = make_run_dir(cfg.run.output_root, cfg.run.name, resume=True)
+        encoders = encoders_from_files(run_dir / ENCODERS_DIR, cfg.model.mode)  # last.pt has every weight
+        info_path = run_dir / ENCODERS_DIR / ENCODERS_JSON
+        enc_info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    else:
+        encoders = load_hf_encoders(cfg.model.hf, cfg.model.mode)
+        enc_info = encoder_info(cfg, encoders)
+    manifest = cfg.data.manifest
+    train_set = open_view(cfg, rows, manifest, cfg.data.train_view, encoders, train=True)
+    val_set = open_view(cfg, rows, manifest, cfg.data.val_view, encoders)
+    eval_sets = {name: open_view(cfg, rows, manifest, name, encoders) for name in cfg.data.eval_views}
+    labels = train_set.labels
+    model = build_model(cfg.model, len(labels), encoders=encoders)
+    if cfg.train.init_from and not resume:
+        loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
+        print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
+    split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
+    collator = make_collator(cfg, encoders)
+
+    run_dir = prepare_run(loaded, resume=resume)
+    if not resume:
+        write_encoders(run_dir, cfg, encoders)
+    summary = model_summary(model)
+    print(f"run {run_dir}  device {device}  train {len(train_set)}  val {len(val_set)}  "
+          f"model hf_at/{cfg.model.mode}  params {summary['trainable_params']:,} trainable of "
+          f"{summary['total_params']:,} (freeze: {cfg.model.hf.freeze})")
+    for name, info in enc_info.items():
+        print(f"{name + ' encoder':<13} {info['source']}")
+    for name, ds in (("train", train_set), ("val", val_set), *eval_sets.items()):
+        print(speakers_line(name, ds))
+    for ds in (train_set, val_set, *eval_sets.values()):
+        if ds.skipped:
+            print(f"view {ds.view_name}: skipped rows without input in mode {cfg.model.mode}: {ds.skipped}")
+    print(padding_line(train_set, cfg.data.batch_size, cfg.data.bucket_batches, cfg.run.seed))
+
+    result = RunResult(run_dir, None)
+    todo = cfg.data.eval_views
+    if resume and finished_before(run_dir, cfg):
+        todo = missing_eval_views(run_dir, cfg.data.eval_views)
+        print(f"{run_dir}: training had already finished (checkpoints/last.pt); nothing to train"
+              + (f", evaluating {', '.join(todo)}" if todo else ""))
+    else:
+        extra = {MODEL_CFG_KEY: to_dict(cfg.model), CONFIG_KEY: to_dict(cfg), ENCODERS_KEY: enc_info}
+        model, result.fit, result.train_s = fit(
+            model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
+            collate_fn=collator, checkpoint_extra=extra, resume=resume,
+            batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches)
+    if todo:
+        state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
+        model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
+        del state
+        result.results = evaluate_datasets(model, {v: eval_sets[v] for v in todo}, collator, run_dir=run_dir,
+                                           checkpoint=cfg.eval.checkpoint, device=device, precision=precision,
+                                           batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
+                                           progress=cfg.train.progress)
+    return result
+
+
+def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *, manifest: str | None = None,
+             device: str | None = None, batch_size: int | None = None, progress: bool = True) -> dict[str, dict]:
+    """Evaluate a finished end-to-end run on views of its config, rebuilt from the run folder alone."""
+    run_dir, cfg, dev, precision = open_run(run_dir, device)
+    if cfg.model.name != "hf_at":
+        raise UserError(f"{run_dir}: a {cfg.model.name} run; evaluate it with evaluate.py")
+    manifest = manifest or cfg.data.manifest
+    rows = read_rows(manifest)
+    model, encoders, state = model_from_run(run_dir, checkpoint)
+    datasets = {name: open_view(cfg, rows, manifest, name, encoders) for name in views}
+    for ds in datasets.values():
+        check_labels(state, ds.labels, Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
+    return evaluate_datasets(model, datasets, make_collator(cfg, encoders), run_dir=run_dir, checkpoint=checkpoint,
+                             device=dev, precision=precision, batch_size=batch_size or cfg.data.eval_batch_size,
+                             num_workers=cfg.data.num_workers, progress=progress)
+
+
+def encoders_note(run_dir: str | Path) -> str | None:
+    """`encoders: audio <source>, text <source>` of a run, from its encoders.json."""
+    info = Path(run_dir) / ENCODERS_DIR / ENCODERS_JSON
+    if not info.is_file():
+        return None
+    enc = json.loads(info.read_text(encoding="utf-8"))
+    return "encoders: " + ", ".join(f"{k} {v.get('source')}" for k, v in enc.items())
