@@ -112,9 +112,11 @@ def time_shift(wave: Tensor, lengths: Tensor, gen: torch.Generator, max_shift: i
         raise ValueError(f"time_shift: max_shift must be >= 0, got {max_shift}")
     lengths = lengths.to(device=wave.device, dtype=torch.long)
     shift = randint_below(torch.full_like(lengths, 2 * int(max_shift)), gen) - int(max_shift)
+    n = lengths.clamp_min(1)
+    shift = torch.remainder(shift, n).unsqueeze(1)  # in [0, n): one division per clip, not per sample
     t = torch.arange(wave.shape[1], device=wave.device).unsqueeze(0)
-    n = lengths.clamp_min(1).unsqueeze(1)
-    index = torch.remainder(t - shift.unsqueeze(1), n)
+    index = t - shift
+    index = torch.where(index < 0, index + n.unsqueeze(1), index)
     return _zero_past(torch.gather(wave, 1, index), lengths)
 
 
@@ -152,12 +154,13 @@ def speed_perturb(
         torch.zeros_like(lengths),
     )
     width = int(new_len.max()) if b else 0
-    pos = torch.arange(width, device=wave.device, dtype=torch.float64).unsqueeze(0) * f.unsqueeze(1)  # [B, W]
-    last = (lengths - 1).clamp_min(0).unsqueeze(1).to(torch.float64)
-    pos = torch.minimum(pos, last)
+    # float32 positions: exact for integers below 2^24 samples (17 min at 16 kHz); fractions within ~1e-2
+    pos = torch.arange(width, device=wave.device, dtype=torch.float32).unsqueeze(0) * f.float().unsqueeze(1)
+    last = (lengths - 1).clamp_min(0).unsqueeze(1)
+    pos = torch.minimum(pos, last.to(torch.float32))
     i0 = pos.floor().to(torch.long)
-    i1 = torch.minimum(i0 + 1, last.to(torch.long))
-    frac = (pos - i0.to(torch.float64)).to(wave.dtype)
+    i1 = torch.minimum(i0 + 1, last)
+    frac = (pos - i0.to(torch.float32)).to(wave.dtype)
     x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
     out = (torch.gather(x, 1, i0) * (1 - frac) + torch.gather(x, 1, i1) * frac).to(wave.dtype)
     return _zero_past(out, new_len), new_len, f.to(torch.float32)
@@ -216,15 +219,16 @@ def add_noise(
     else:
         noise = _noise_windows(noises, lengths, t, gen, wave.device)
     mask = lengths_to_mask(lengths, t)
-    x = wave.double()
-    noise = torch.where(mask, noise.double(), torch.zeros((), dtype=torch.float64, device=wave.device))
+    zero = torch.zeros((), dtype=torch.float32, device=wave.device)
+    x = torch.where(mask, wave.float(), zero)
+    noise = torch.where(mask, noise.float(), zero)
     count = lengths.clamp_min(1).to(torch.float64)
-    p_signal = torch.where(mask, x, torch.zeros_like(x)).square().sum(1) / count
-    p_noise = noise.square().sum(1) / count
+    p_signal = x.square().sum(1, dtype=torch.float64) / count  # float64 sums: the SNR is exact to ~1e-6 dB
+    p_noise = noise.square().sum(1, dtype=torch.float64) / count
     ok = apply & (p_signal > 0) & (p_noise > 0)
     scale = torch.sqrt(p_signal / (p_noise.clamp_min(1e-30) * torch.pow(10.0, snr / 10.0)))
-    scale = torch.where(ok, scale, torch.zeros_like(scale))
-    return _zero_past((x + scale.unsqueeze(1) * noise).to(wave.dtype), lengths)
+    scale = torch.where(ok, scale, torch.zeros_like(scale)).to(torch.float32)
+    return (x + scale.unsqueeze(1) * noise).to(wave.dtype)
 
 
 # -- log-mel -------------------------------------------------------------------------------------------------
