@@ -168,6 +168,14 @@ def test_loss_falls_in_a_few_steps():
         assert losses[-1] < 0.7 * losses[0], (type(model).__name__, losses)
 
 
+def test_a_one_clip_training_batch_works():
+    for model in tiny_models():
+        model.train()
+        out = model(batch_of([3000]))
+        out.sum().backward()
+        assert out.shape == (1, 3) and torch.isfinite(out).all()
+
+
 def test_resnet18_is_the_torchvision_layout():
     model = ResNet18Mel(7)
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]

@@ -155,7 +155,15 @@ class ECAPATDNN(MelModel):
             x = block(x, mask)
             outs.append(x)
         x = self.mfa(torch.cat(outs, dim=1), mask)
-        return self.embedding(self.pool_bn(self.pool(x, mask)))
+        pooled = self.pool(x, mask)
+        if self.training and pooled.shape[0] == 1:  # batch statistics need two rows: use the running ones
+            bn = self.pool_bn
+            pooled = nn.functional.batch_norm(
+                pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+        else:
+            pooled = self.pool_bn(pooled)
+        return self.embedding(pooled)
 
     def classify(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
         return self.head(self.dropout(self.embed(feats, frame_lengths)))
