@@ -25,12 +25,13 @@ def default_row(i: int, labels: list[str] = EMOTIONS_7) -> dict:
     """The meta of toy row `i`: deterministic, varied over dataset, split, speaker and label."""
     dataset, domain = DATASETS[i % len(DATASETS)]
     label = labels[(i // len(DATASETS)) % len(labels)]
+    split = SPLITS[(i // 7) % len(SPLITS)]
     return {
         "id": f"{dataset}/utt{i:05d}",
         "dataset": dataset,
-        "split": SPLITS[(i // 7) % len(SPLITS)],
+        "split": split,
         "domain": domain,
-        "speaker": f"{dataset}/spk{(i // 3) % 4}",
+        "speaker": f"{dataset}/{split}_spk{(i // 3) % 4}",  # speaker-disjoint splits, as the builder cuts them
         "label": label,
         "source_label": label[:3],
         "dialogue_id": f"dia{i // 10}" if domain == "conversational" else None,

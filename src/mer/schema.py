@@ -34,6 +34,8 @@ class ViewConfig:
     domain: str | list[str] | None = None
     exclude_dataset: str | list[str] | None = None
     speaker_regex: str | None = None
+    speaker: str | list[str] | None = None  # exact speaker ids (`<DATASET>/<id>`), e.g. a cross-validation fold
+    ids_file: str | None = None  # a file of row ids, one per line (a fold file of the cross-validation runner)
 
 
 @dataclass
@@ -66,6 +68,14 @@ class DataConfig:
     val_view: str = "val"
     eval_views: list[str] = field(default_factory=lambda: ["test"])
     standardize: bool = True  # z-score features with the training view's mean/std (stored in checkpoints)
+    stores: list[str] = field(default_factory=list)  # more stores joined by id with `store` (e.g. ComParE + MFCC)
+    # Speaker normalization (a protocol choice, reported as such): z-score each speaker's features with that
+    # speaker's own statistics (from its rows in the store, labels never used), before `standardize`.
+    speaker_norm: bool = False
+    speaker_norm_min_rows: int = 10  # a speaker with fewer rows falls back to the training view's statistics
+    # speaker_independent: a speaker shared by the training view and an eval view is an error (official-split
+    # corpora such as MELD only warn); speaker_dependent: allowed, and reported as the protocol
+    protocol: Literal["speaker_independent", "speaker_dependent"] = "speaker_independent"
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -101,6 +111,16 @@ class HFModelConfig:
 
 
 @dataclass
+class LinearConfig:
+    """`model.name: linear`: a scikit-learn baseline on the (z-scored) feature vectors, stored as tensors."""
+
+    kind: Literal["logreg", "linear_svm"] = "logreg"  # multinomial logistic regression or a linear SVM
+    Cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])  # chosen on the val view
+    class_weight: Literal["none", "balanced"] = "none"
+    max_iter: int = 5000
+
+
+@dataclass
 class ModelConfig:
     name: str = "flexible_at"  # a name in mer.models.registry
     mode: Literal["A", "T", "AT"] = "AT"
@@ -111,6 +131,7 @@ class ModelConfig:
     audio_dim: int | None = None  # filled from the store; a value given here must match it
     text_dim: int | None = None
     hf: HFModelConfig = field(default_factory=HFModelConfig)  # model.name: hf_at only
+    linear: LinearConfig = field(default_factory=LinearConfig)  # model.name: linear only
 
 
 @dataclass

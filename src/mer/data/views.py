@@ -1,19 +1,21 @@
 """Views: named row filters over the manifest fields each store row carries (DESIGN.md, Contract 1).
 
 `split`, `dataset`, `domain`: a string or a list (any of them); `exclude_dataset`: a string or a list;
-`speaker_regex`: `re.search` on `speaker`. Values match exactly; all given filters must hold.
+`speaker_regex`: `re.search` on `speaker`; `speaker`: exact speaker ids; `ids_file`: a file of row ids (one per
+line). Values match exactly; all given filters must hold.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
 from mer.errors import UserError
 from mer.schema import ViewConfig
 
-_INCLUDE_FIELDS = ("split", "dataset", "domain")
+_INCLUDE_FIELDS = ("split", "dataset", "domain", "speaker")
 
 
 def _as_set(name: str, value: object) -> set[str] | None:
@@ -38,12 +40,21 @@ def compile_speaker_regex(pattern: object) -> re.Pattern[str] | None:
         raise UserError(f"view filter speaker_regex {pattern!r} is not a valid regular expression: {exc}") from None
 
 
+def read_ids_file(path: str) -> set[str]:
+    """The row ids of a view's `ids_file` (one per line; blank lines ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"view filter ids_file {path!r}: cannot read it ({exc.strerror or exc})") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
 def describe_view(view: ViewConfig | None) -> str:
     """A short text of the view's filters, e.g. `split=test, dataset=[MELD, IEMOCAP]`."""
     if view is None:
         return "no filters"
     parts = []
-    for name in (*_INCLUDE_FIELDS, "exclude_dataset", "speaker_regex"):
+    for name in (*_INCLUDE_FIELDS, "exclude_dataset", "speaker_regex", "ids_file"):
         value = getattr(view, name)
         if value is None:
             continue
@@ -60,9 +71,12 @@ def select_rows(meta: list[dict], view: ViewConfig | None) -> np.ndarray:
     include = [(f, s) for f in _INCLUDE_FIELDS if (s := _as_set(f, getattr(view, f))) is not None]
     exclude = _as_set("exclude_dataset", view.exclude_dataset)
     speaker_re = compile_speaker_regex(view.speaker_regex)
+    ids = read_ids_file(view.ids_file) if view.ids_file else None
     keep = []
     for i, row in enumerate(meta):
         if any(row.get(f) not in allowed for f, allowed in include):
+            continue
+        if ids is not None and row.get("id") not in ids:
             continue
         if exclude is not None and row.get("dataset") in exclude:
             continue

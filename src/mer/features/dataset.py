@@ -83,14 +83,20 @@ class FeatureDataset(Dataset):
         """Rows per task label (int64 [len(labels)])."""
         return np.bincount(self.label_ids, minlength=len(self.labels)).astype(np.int64)
 
+    def _read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._audio is not None and self._text is not None:
+            return self._audio[start:stop], self._text[start:stop]
+        return self.store.get_rows(self.store_indices[start:stop])
+
     def feature_stats(self, chunk: int = 16384) -> dict[str, np.ndarray]:
-        """Per-feature mean and std (float32) of this dataset's rows, for z-scoring every view with the training
-        view's statistics. A constant feature gets std 1 (it is only centred)."""
+        """Per-feature mean and std (float32) of this dataset's rows (as served before z-scoring: after speaker
+        normalization when it is on), for z-scoring every view with the training view's statistics. A constant
+        feature gets std 1 (it is only centred)."""
         stats: dict[str, np.ndarray] = {}
         sums = {"audio": np.zeros(self.audio_dim), "text": np.zeros(self.text_dim)}
         sq = {"audio": np.zeros(self.audio_dim), "text": np.zeros(self.text_dim)}
         for start in range(0, len(self), chunk):
-            audio, text = self.store.get_rows(self.store_indices[start:start + chunk])
+            audio, text = self._read(start, start + chunk)
             for name, x in (("audio", audio), ("text", text)):
                 x = x.astype(np.float64)
                 sums[name] += x.sum(0)
@@ -102,6 +108,20 @@ class FeatureDataset(Dataset):
             stats[f"{name}_mean"] = mean.astype(np.float32)
             stats[f"{name}_std"] = np.where(std > 1e-6, std, 1.0).astype(np.float32)
         return stats
+
+    def raw_audio(self) -> np.ndarray:
+        """Every row's audio vector as stored (float32 [n, audio_dim])."""
+        return self.store.get_rows(self.store_indices)[0]
+
+    def speaker_normalize(self, normalizer) -> dict:
+        """Serve each speaker's audio vectors z-scored with that speaker's own statistics over this dataset's rows
+        (labels never used; `normalizer`: a fitted `mer.data.speaker_norm.SpeakerNormalizer`, whose training
+        statistics serve the speakers with too few rows). Returns its report (fallback speakers and rows)."""
+        audio, text = self.store.get_rows(self.store_indices)
+        speakers = [str(m.get("speaker")) for m in self.meta]
+        z, report = normalizer.transform(audio, speakers)
+        self._audio, self._text = z, text
+        return report
 
     def standardize(self, stats: dict[str, np.ndarray] | None) -> None:
         """Serve features z-scored with `stats` (from `feature_stats` of the training view); None turns it off."""

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from mer.models.blocks import modality_input
+from mer.models.registry import MODE_MODALITIES, register
+from mer.schema import ModelConfig
 
 MODALITY_ORDER = ("audio", "text")
 
@@ -70,3 +72,15 @@ class LinearModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"modalities={self.modalities}, dims={self.dims}, n_classes={self.n_classes}"
+
+
+@register("linear")
+class RegisteredLinear(LinearModel):
+    """`model.name: linear` built from a ModelConfig: the modalities of `cfg.mode`, dims from the store. Its
+    weights are fitted by scikit-learn (mer.recipes.baseline), not by the loop."""
+
+    fitted_by_sklearn = True
+
+    def __init__(self, cfg: ModelConfig, n_classes: int) -> None:
+        super().__init__(n_classes, audio_dim=cfg.audio_dim or 0, text_dim=cfg.text_dim or 0,
+                         modalities=MODE_MODALITIES[cfg.mode])

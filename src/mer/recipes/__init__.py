@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mer.recipes import end_to_end, features
+from mer.recipes import baseline, end_to_end, features
 from mer.schema import ExperimentConfig
 
 #: track name -> recipe module
-TRACKS: dict[str, ModuleType] = {"features": features, "end_to_end": end_to_end}
+TRACKS: dict[str, ModuleType] = {"features": features, "baseline": baseline, "end_to_end": end_to_end}
 
 
 def track_of(cfg: ExperimentConfig) -> str:
     """The track that trains a config's model."""
-    return "end_to_end" if cfg.model.name == "hf_at" else "features"
+    if cfg.model.name == "hf_at":
+        return "end_to_end"
+    return "baseline" if baseline.is_baseline(cfg) else "features"
 
 
 def recipe_for(cfg: ExperimentConfig) -> ModuleType:

@@ -16,6 +16,7 @@ from mer.config import load_config
 from mer.errors import UserError
 from mer.evaluation.metrics import VAL_METRICS, compute_metrics, lower_is_better
 from mer.evaluation.reports import plot_curves
+from mer.reporting.splits import OFFICIAL_SPLIT_DATASETS
 from mer.runtime import Precision, resolve_precision, seed_everything, select_device
 from mer.schema import ExperimentConfig, ViewConfig
 from mer.training.checkpoint import load_checkpoint, training_finished
@@ -187,3 +188,39 @@ def per_class_table(metrics: dict) -> str:
 def class_counts_line(dataset) -> str:
     counts = np.bincount(np.asarray(dataset.label_ids), minlength=len(dataset.labels))
     return ", ".join(f"{label} {int(n)}" for label, n in zip(dataset.labels, counts, strict=True))
+
+
+def protocol_record(cfg: ExperimentConfig) -> dict:
+    """The evaluation protocol of a run, written into every metrics_eval.json so that figures of different
+    protocols (per-utterance vs speaker-normalized, speaker-independent vs dependent) are never mixed."""
+    return {"speakers": cfg.data.protocol, "speaker_norm": bool(cfg.data.speaker_norm)}
+
+
+def check_speaker_leakage(cfg: ExperimentConfig, train_set, eval_sets: dict) -> list[str]:
+    """Refuse (one line naming the speaker) a speaker-independent run whose training view shares a speaker with an
+    eval view; corpora with official splits that share speakers by design (MELD) only get a note, as does a
+    speaker-dependent protocol. Transcripts shared with the training view are noted (expected for the
+    fixed-sentence acted corpora: RAVDESS, CREMA-D, EmoDB). Returns the notes to print and report."""
+    train_speakers = {str(m.get("speaker")): str(m.get("dataset")) for m in train_set.meta if m.get("speaker")}
+    train_texts = set(getattr(train_set, "currents", []) or [])
+    notes = []
+    for name, ds in eval_sets.items():
+        shared = sorted({str(m.get("speaker")) for m in ds.meta} & set(train_speakers))
+        if shared:
+            by_design = [s for s in shared if train_speakers[s] in OFFICIAL_SPLIT_DATASETS]
+            leaks = [s for s in shared if s not in by_design]
+            if leaks and cfg.data.protocol == "speaker_independent":
+                raise UserError(f"view {name!r} shares speaker {leaks[0]} with the training view "
+                                f"{cfg.data.train_view!r} ({len(leaks)} shared speakers): a speaker leak. Fix the "
+                                "views, or set data.protocol: speaker_dependent if that is the protocol")
+            if leaks:
+                notes.append(f"view {name}: {len(leaks)} speakers also in training (protocol speaker_dependent)")
+            if by_design:
+                notes.append(f"view {name}: {len(by_design)} speakers also in training, from official splits "
+                             f"({', '.join(sorted({train_speakers[s] for s in by_design}))})")
+        texts = set(getattr(ds, "currents", []) or [])
+        common = {t for t in texts & train_texts if t.strip()}
+        if common:
+            notes.append(f"view {name}: {len(common)} transcripts also in training (expected for fixed-sentence "
+                         "acted corpora such as RAVDESS, CREMA-D, EmoDB)")
+    return notes

@@ -13,19 +13,22 @@ import torch
 from torch import nn
 
 from mer.config import LoadedConfig, prepare_run, to_dict
+from mer.data.speaker_norm import SpeakerNormalizer, ZStats
 from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
 from mer.features.dataset import FeatureDataset, collate_batch
-from mer.features.memmap import open_store
+from mer.features.joined import open_stores
 from mer.models import build_model
 from mer.models.registry import MODE_MODALITIES
 from mer.recipes.common import (
     RunResult,
+    check_speaker_leakage,
     check_train_config,
     finished_before,
     fit,
     missing_eval_views,
     open_run,
+    protocol_record,
     speakers_line,
     start,
     view_config,
@@ -45,6 +48,7 @@ from mer.training.checkpoint import (
 from mer.training.loop import init_from_checkpoint, split_lr_overrides
 
 TOOL = "train.py"
+SPEAKER_NORM_KEY = "speaker_norm_fallback"  # checkpoint: the training view's statistics for speakers with few rows
 
 
 def check_config(cfg: ExperimentConfig, tool: str = TOOL) -> None:
@@ -70,19 +74,41 @@ def build(cfg: ExperimentConfig, store) -> tuple[nn.Module, dict]:
 
 
 def fit_standardization(cfg: ExperimentConfig, train_set: FeatureDataset, others) -> dict:
-    """With `data.standardize`, z-score every dataset with the training view's statistics; return what a
-    checkpoint stores of them (tensors), so that evaluation applies the same transform."""
-    if not cfg.data.standardize:
-        return {}
-    stats = train_set.feature_stats()
-    for dataset in (train_set, *others):
-        dataset.standardize(stats)
-    return {FEATURE_STATS_KEY: {k: torch.from_numpy(v) for k, v in stats.items()}}
+    """With `data.speaker_norm`, serve each speaker's audio z-scored with its own statistics; then with
+    `data.standardize`, z-score every dataset with the training view's statistics. Return what a checkpoint
+    stores of them (tensors), so that evaluation applies the same transforms."""
+    extra = {}
+    if cfg.data.speaker_norm:
+        norm = SpeakerNormalizer(cfg.data.speaker_norm_min_rows).fit(train_set.raw_audio())
+        for dataset in (train_set, *others):
+            report = dataset.speaker_normalize(norm)
+            if report.get("fallback_speakers"):
+                print(f"view {dataset.view_name}: speaker normalization: {len(report['fallback_speakers'])} "
+                      f"speakers with < {cfg.data.speaker_norm_min_rows} rows use the training statistics")
+        g = norm.global_stats
+        extra[SPEAKER_NORM_KEY] = {"mean": torch.from_numpy(g.mean.astype("float32")),
+                                   "std": torch.from_numpy(g.std.astype("float32")), "count": int(g.count)}
+    if cfg.data.standardize:
+        stats = train_set.feature_stats()
+        for dataset in (train_set, *others):
+            dataset.standardize(stats)
+        extra[FEATURE_STATS_KEY] = {k: torch.from_numpy(v) for k, v in stats.items()}
+    return extra
 
 
-def model_from_checkpoint(run_dir: Path, which: str, device: torch.device, datasets=()) -> nn.Module:
+def _speaker_normalizer(state: dict, cfg: ExperimentConfig) -> SpeakerNormalizer:
+    fallback = state[SPEAKER_NORM_KEY]
+    norm = SpeakerNormalizer(cfg.data.speaker_norm_min_rows)
+    norm.global_stats = ZStats(fallback["mean"].numpy().astype("float64"), fallback["std"].numpy().astype("float64"),
+                               int(fallback["count"]))
+    return norm
+
+
+def model_from_checkpoint(run_dir: Path, which: str, device: torch.device, datasets=(),
+                          cfg: ExperimentConfig | None = None) -> nn.Module:
     """The model to evaluate, rebuilt from `<run>/checkpoints/<which>.pt` (EMA weights where the run had EMA);
-    `datasets` are checked against its labels and dims and get the run's feature standardization."""
+    `datasets` are checked against its labels and dims and get the run's speaker normalization (with `cfg`'s
+    data.speaker_norm) and feature standardization."""
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     state = load_checkpoint(path, map_location="cpu")
     model = rebuild_model(state)
@@ -96,6 +122,8 @@ def model_from_checkpoint(run_dir: Path, which: str, device: torch.device, datas
                 raise UserError(f"{which}.pt of {run_dir} was trained on {want}-dim {modality} features, but the "
                                 f"store {getattr(dataset.store, 'path', '')} has {have} (evaluate with the run's "
                                 "own kind of features)")
+        if cfg is not None and cfg.data.speaker_norm and SPEAKER_NORM_KEY in state:
+            dataset.speaker_normalize(_speaker_normalizer(state, cfg))
         dataset.standardize({k: v.numpy() for k, v in stats.items()} if stats else None)
     return model.to(device).eval()
 
@@ -104,11 +132,12 @@ def evaluate_datasets(run_dir: Path, datasets: dict[str, FeatureDataset], cfg: E
                       checkpoint: str, device: torch.device, precision, batch_size: int | None = None,
                       progress: bool = True) -> dict[str, dict]:
     """Write `<run>/eval_<view>/` for each dataset with the `checkpoint` weights; {view: metrics}."""
-    model = model_from_checkpoint(run_dir, checkpoint, device, datasets.values())
+    model = model_from_checkpoint(run_dir, checkpoint, device, datasets.values(), cfg)
     return {name: evaluate_view(model, ds, out_dir=Path(run_dir) / f"eval_{name}", run_name=Path(run_dir).name,
                                 view_name=name, checkpoint=checkpoint, device=device, precision=precision,
                                 batch_size=batch_size or cfg.data.eval_batch_size, collate_fn=collate_batch,
-                                num_workers=cfg.data.num_workers, progress=progress)
+                                num_workers=cfg.data.num_workers, progress=progress,
+                                extra={"protocol": protocol_record(cfg)})
             for name, ds in datasets.items()}
 
 
@@ -120,10 +149,11 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     device, precision = start(cfg)
 
     # Everything that can fail on the user's input is checked before the run directory exists.
-    store = open_store(cfg.data.store)
+    store = open_stores(cfg.data.store, cfg.data.stores)
     train_set = open_view(store, cfg, cfg.data.train_view)
     val_set = open_view(store, cfg, cfg.data.val_view)
     eval_sets = {name: open_view(store, cfg, name) for name in cfg.data.eval_views}
+    leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
     model, extra = build(cfg, store)
     extra.update(fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
     if cfg.train.init_from:
@@ -135,6 +165,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
           f"model {cfg.model.name}/{cfg.model.mode}")
     for name, ds in (("train", train_set), ("val", val_set), *eval_sets.items()):
         print(speakers_line(name, ds))
+    for note in leakage_notes:
+        print(note)
 
     result = RunResult(run_dir, None)
     todo = cfg.data.eval_views
@@ -156,7 +188,7 @@ def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *,
     """Evaluate a finished feature-track run on views of its config (from its own store, or `store`)."""
     run_dir, cfg, dev, precision = open_run(run_dir, device)
     check_config(cfg, "evaluate.py")
-    source = open_store(store or cfg.data.store)
+    source = open_stores(store, []) if store else open_stores(cfg.data.store, cfg.data.stores)
     datasets = {name: open_view(source, cfg, name) for name in views}
     return evaluate_datasets(run_dir, datasets, cfg, checkpoint=checkpoint, device=dev, precision=precision,
                              batch_size=batch_size, progress=progress)
