@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.config import load_config
+from mer.config import load_config, to_dict
 from mer.data.folds import Fold, make_folds, parse_scheme, write_fold_file
 from mer.data.manifest import read_manifest
 from mer.data.task import task_label_ids
@@ -109,8 +109,11 @@ def _write_fold_views(plan: CVPlan) -> dict[str, dict[str, Path]]:
 
 
 def _fold_overrides(plan: CVPlan, fold: Fold, seed: int, views: dict[str, Path]) -> list[str]:
-    items = [f"data.views.{VIEW_NAMES[role]}={{ids_file: {json.dumps(str(path))}}}" for role, path in views.items()]
-    return [*plan.overrides, *items, f"data.train_view={VIEW_NAMES['train']}", f"data.val_view={VIEW_NAMES['val']}",
+    # the config's own views stay (the ensemble views among them), the fold's three are added
+    all_views = {name: {k: v for k, v in to_dict(view).items() if v is not None}
+                 for name, view in plan.cfg.data.views.items()}
+    all_views.update({VIEW_NAMES[role]: {"ids_file": str(path)} for role, path in views.items()})
+    return [*plan.overrides, f"data.views={json.dumps(all_views)}", f"data.train_view={VIEW_NAMES['train']}", f"data.val_view={VIEW_NAMES['val']}",
             f"data.eval_views=[{', '.join([VIEW_NAMES['test'], *plan.ensemble_views])}]",
             f"run.name={plan.run_name(fold, seed)}", f"run.output_root={json.dumps(str(plan.out / 'runs'))}",
             f"run.seed={seed}"]
