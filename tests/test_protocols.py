@@ -218,3 +218,33 @@ def test_cv_errors_are_one_line_before_anything_is_written(tmp_path, toy, capsys
     fold_file.write_text(json.dumps({"TOY/nobody": "fold1"}))
     assert run_cli(cv_cli.main, ["--config", str(config), "--folds", f"file:{fold_file}", "--out", str(out)]) == 2
     assert "nobody" in capsys.readouterr().err and not out.exists()
+
+
+def test_cross_corpus_masks_the_classes_a_corpus_lacks(tmp_path):
+    labels = LABELS
+    rows = []
+    for i in range(420):
+        corpus = ["CA", "CB"][i % 2]
+        label = labels[(i // 2) % 7]
+        if (corpus, label) in {("CA", "surprise"), ("CB", "fear")}:
+            label = "neutral"  # CA has no surprise, CB no fear
+        spk = (i // 2) % 10
+        rows.append({"dataset": corpus, "speaker": f"{corpus}/s{spk}", "label": label, "source_label": label,
+                     "split": (["train"] * 6 + ["val"] * 2 + ["test"] * 2)[spk],
+                     "id": f"{corpus}/u{i:04d}", "domain": "acted"})
+    store = make_store(tmp_path, 420, 8, 0, rows=rows, learnable=True, noise=1.0, memmap=True)
+    config = write_config(tmp_path, store, model={"name": "linear", "mode": "A", "linear": {"Cs": [1.0]}})
+    from mer.recipes.cross_corpus import run_cross_corpus
+
+    result = run_cross_corpus(config, [], tmp_path / "cc")
+    cells = result["cells"]
+    assert set(cells) == {"CA", "CB"} and set(cells["CA"]) == {"CA", "CB"}
+    assert cells["CA"]["CB"]["masked_classes"] == ["fear", "surprise"]  # CB lacks fear, CA never trained surprise
+    assert cells["CA"]["CA"]["masked_classes"] == ["surprise"]
+    preds = read_predictions(tmp_path / "cc" / "runs" / "train_CA" / "eval_cc_CB" / "predictions.csv")
+    assert preds and all(p["pred"] not in ("fear", "surprise") and p["label"] not in ("fear", "surprise")
+                         for p in preds)
+    assert all(float(p["prob_fear"]) == 0.0 for p in preds)
+    for name in ("cross_corpus.csv", "cross_corpus.md", "cross_corpus.png", "cross_corpus.json"):
+        assert (tmp_path / "cc" / name).is_file()
+    assert cells["CA"]["CB"]["macro_f1"] > 0.5  # the toy corpora share their class means

@@ -76,6 +76,9 @@ class DataConfig:
     # speaker_independent: a speaker shared by the training view and an eval view is an error (official-split
     # corpora such as MELD only warn); speaker_dependent: allowed, and reported as the protocol
     protocol: Literal["speaker_independent", "speaker_dependent"] = "speaker_independent"
+    # A task label without a single training row is an error (a label list that does not fit the data); true makes
+    # it a warning (the class is then never predicted)
+    allow_empty_classes: bool = False
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -83,6 +86,8 @@ class DataConfig:
     max_audio_s: float = 20.0  # longer clips are cropped: a random window in training, the centre in evaluation
     context_turns: int = 0  # previous dialogue turns prepended to a conversational row's text (0 = none)
     bucket_batches: int = 32  # length bucketing: batches per bucket of similar-length clips (1 = random batches)
+    # frame track: a clip shorter than the front end's window is skipped and counted, or zero-padded up to it
+    short_clips: Literal["skip", "pad"] = "skip"
 
 
 @dataclass
@@ -99,7 +104,8 @@ class HFModelConfig:
 
     audio_encoder: str = "microsoft/wavlm-base-plus"  # hub name or save_pretrained folder (WavLM, HuBERT, wav2vec2)
     text_encoder: str = "roberta-base"  # hub name or save_pretrained folder (RoBERTa, BERT, MiniLM)
-    audio_pooling: Literal["mean", "mean_std"] = "mean"  # masked mean over frames (H) or mean + std (2H)
+    # masked mean over frames (H), mean + std (2H), or attentive statistics pooling (learned frame weights: 2H)
+    audio_pooling: Literal["mean", "mean_std", "asp"] = "mean"
     # hidden state pooled: last, mean (of all), weighted (learned softmax weights over all), or an index
     # (0 = the input of the first transformer layer)
     audio_layer: Literal["last", "mean", "weighted"] | int = "last"
@@ -121,6 +127,79 @@ class LinearConfig:
 
 
 @dataclass
+class CNNConfig:
+    """`cnn_small`: conv3x3-BN-ReLU-maxpool blocks, one per width; masked pooling over time."""
+
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    pooling: Literal["mean", "mean_std"] = "mean"
+
+
+@dataclass
+class ResNetConfig:
+    """`resnet18_mel`: ResNet-18 (BasicBlock, [2, 2, 2, 2]) over the 1-channel log-mel."""
+
+    base_width: int = 64  # stage widths base_width * (1, 2, 4, 8)
+    pooling: Literal["mean", "mean_std"] = "mean"
+    zero_init_residual: bool = False
+
+
+@dataclass
+class ECAPAConfig:
+    """`ecapa_tdnn`: first TDNN, SE-Res2Net blocks, multi-layer aggregation (the last entry), attentive stats pooling."""
+
+    channels: list[int] = field(default_factory=lambda: [512, 512, 512, 512, 1536])
+    kernels: list[int] = field(default_factory=lambda: [5, 3, 3, 3, 1])
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 1])
+    res2net_scale: int = 8
+    se_channels: int = 128
+    attention_channels: int = 128
+    embedding_dim: int = 192
+
+
+@dataclass
+class SSLHeadConfig:
+    """`ssl_bilstm_asp`: a wav2vec2-family encoder (hub name or save_pretrained folder) + BiLSTM + attentive stats."""
+
+    encoder: str = "microsoft/wavlm-base-plus"
+    freeze: Literal["all", "feature_encoder", "none"] = "all"
+    layer: Literal["weighted", "last", "mean"] | int = "weighted"
+    lstm_hidden: int = 256
+    lstm_layers: int = 1
+    attention_dim: int = 128
+    head_hidden: int = 256
+
+
+@dataclass
+class WhisperPromptConfig:
+    """`whisper_prompt`: the frozen encoder of a Whisper checkpoint with deep prompt tuning."""
+
+    encoder: str = "openai/whisper-base"
+    n_prompts: int = 8  # learned prompt vectors per encoder layer (>= 1)
+    head_hidden: int = 256
+
+
+@dataclass
+class FrameConfig:
+    """The frame-level audio models (train_frame.py): the log-mel front end and each model's options."""
+
+    n_mels: int = 80
+    n_fft: int = 400  # samples (25 ms at 16 kHz)
+    hop: int = 160  # samples (10 ms)
+    win_length: int | None = None  # None = n_fft
+    f_min: float = 0.0
+    f_max: float | None = None  # None = sample_rate / 2
+    log_offset: float = 1e-6  # log(mel + log_offset)
+    # per-utterance normalisation over the clip's real frames; None = the model's default (CNNs: mean_var, ECAPA: mean)
+    normalize: Literal["none", "mean", "mean_var"] | None = None
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    ecapa: ECAPAConfig = field(default_factory=ECAPAConfig)
+    ssl: SSLHeadConfig = field(default_factory=SSLHeadConfig)
+    whisper: WhisperPromptConfig = field(default_factory=WhisperPromptConfig)
+
+
+@dataclass
 class ModelConfig:
     name: str = "flexible_at"  # a name in mer.models.registry
     mode: Literal["A", "T", "AT"] = "AT"
@@ -132,6 +211,7 @@ class ModelConfig:
     text_dim: int | None = None
     hf: HFModelConfig = field(default_factory=HFModelConfig)  # model.name: hf_at only
     linear: LinearConfig = field(default_factory=LinearConfig)  # model.name: linear only
+    frame: FrameConfig = field(default_factory=FrameConfig)  # frame-level audio models (train_frame.py) only
 
 
 @dataclass
@@ -173,6 +253,22 @@ class SamplerConfig:
 class AugmentConfig:
     feature_noise: float = 0.0  # std of Gaussian noise added to features in training
     modality_dropout: float = 0.0  # probability of dropping one modality of a sample (never both)
+    # Frame-level audio models only (train_frame.py), training batches only; null / 0 = off.
+    freq_masks: int = 0  # SpecAugment: frequency masks per clip, each up to freq_width mel bins
+    freq_width: int = 8
+    time_masks: int = 0  # SpecAugment: time masks per clip, each up to time_width frames
+    time_width: int = 20
+    noise_snr_db: list[float] | None = None  # [lo, hi]: additive noise at an SNR drawn in this range
+    noise_dir: str | None = None  # a folder of noise WAVs (searched recursively); null = white noise
+    noise_p: float = 1.0  # share of clips that get noise
+    gain_db: list[float] | None = None  # [lo, hi]: random gain in dB
+    gain_p: float = 1.0
+    crop_s: float | None = None  # random crop to at most this many seconds
+    shift_s: float | None = None  # circular time shift of up to +-shift_s seconds
+    speed_factors: list[float] | None = None  # speed perturbation, one factor per clip, e.g. [0.9, 1.0, 1.1]
+    speed_p: float = 1.0
+    mixup_alpha: float | None = None  # mixup of waveforms and labels, lambda ~ Beta(alpha, alpha)
+    mixup_p: float = 1.0  # share of batches mixed
 
 
 @dataclass
@@ -207,6 +303,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     checkpoint: Literal["best", "last"] = "best"
+    # corpus-aware evaluation (cross-corpus, leave-one-corpus-out): mask from the logits the classes that the
+    # training view or the eval view lacks, and evaluate on the rows of the classes both have
+    mask_absent_classes: bool = False
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,8 +19,12 @@ from mer.training.loop import make_loader, predict
 def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name: str, view_name: str,
                   checkpoint: str, device: torch.device, precision: Precision, batch_size: int,
                   collate_fn=None, num_workers: int = 0, batch_sampler: Iterable[list[int]] | None = None,
-                  progress: bool = True, extra: dict | None = None) -> dict:
-    """Predict every row of `dataset` and write metrics_eval.json, confusion matrix CSV/PNG and predictions.csv."""
+                  progress: bool = True, extra: dict | None = None, class_mask=None) -> dict:
+    """Predict every row of `dataset` and write metrics_eval.json, confusion matrix CSV/PNG and predictions.csv.
+
+    `class_mask` (bool per label; corpus-aware evaluation across corpora): the classes it clears are masked from
+    the logits (their probability is 0, the rest renormalised: softmax over the kept logits), and the rows of
+    those classes are left out and counted; the report names the masked classes."""
     if batch_sampler is None:
         batch_sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     loader = make_loader(dataset, batch_sampler, collate_fn, num_workers)
@@ -27,8 +32,16 @@ def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name
                                        desc=f"eval {view_name}")
     order = np.argsort(idx, kind="stable")  # predictions.csv in dataset order, whatever the batch order
     idx, y_true, probs = idx[order], y_true[order], probs[order]
-    ids = [dataset.ids[i] for i in idx]
+    labels = list(dataset.labels)
     info = {"loss": losses["ce"], "rows_outside_task": dict(getattr(dataset, "dropped", {}) or {})}
-    return write_eval_outputs(out_dir, ids=ids, y_true=y_true, probs=probs, labels=list(dataset.labels),
+    if class_mask is not None:
+        mask = np.asarray(class_mask, dtype=bool)
+        keep = mask[y_true]
+        info["masked_classes"] = [name for name, m in zip(labels, mask, strict=True) if not m]
+        info["rows_of_masked_classes"] = dict(Counter(labels[k] for k in y_true[~keep]))
+        idx, y_true, probs = idx[keep], y_true[keep], probs[keep] * mask
+        probs = probs / probs.sum(axis=1, keepdims=True)
+    ids = [dataset.ids[i] for i in idx]
+    return write_eval_outputs(out_dir, ids=ids, y_true=y_true, probs=probs, labels=labels,
                               run_name=run_name, view_name=view_name, checkpoint=checkpoint,
                               extra={**info, **(extra or {})})

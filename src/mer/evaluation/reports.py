@@ -143,6 +143,29 @@ def _confusion_figure(cm: np.ndarray, labels: list[str], title: str) -> Figure:
     return fig
 
 
+def write_heatmap(values: np.ndarray, rows: list[str], cols: list[str], path: str | os.PathLike, title: str,
+                  xlabel: str, ylabel: str) -> Path:
+    """A matrix of scores in [0, 1] (NaN = not evaluated) as an annotated heatmap PNG, e.g. the cross-corpus
+    matrix (rows: training corpus, columns: test corpus)."""
+    values = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(1.5 + 1.1 * len(cols), 1.0 + 0.8 * len(rows)))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, label=title)
+    ax.set_xticks(np.arange(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(np.arange(len(rows)), rows)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                        color="black" if values[i, j] > 0.6 else "white", fontsize=9)
+    path = Path(path)
+    _save_figure(fig, path)
+    return path
+
+
 # --------------------------------------------------------------------------- training curves
 
 

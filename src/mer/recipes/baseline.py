@@ -71,6 +71,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: features.open_view(store, cfg, name) for name in cfg.data.eval_views}
     notes = check_speaker_leakage(cfg, train_set, eval_sets)
     model, extra = features.build(cfg, store)
+    extra.update(features.train_counts(train_set))
     extra.update(features.fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
     run_dir = prepare_run(loaded, resume=resume)
     print(f"run {run_dir}  train {len(train_set)}  val {len(val_set)}  model linear/{cfg.model.linear.kind} "

@@ -30,14 +30,18 @@ from mer.models import build_model, model_summary
 from mer.models.hf_at import HFEncoders, encoders_from_files, load_hf_encoders, save_encoder_files
 from mer.recipes.common import (
     RunResult,
+    check_speaker_leakage,
+    check_task_rows,
     check_train_config,
     finished_before,
     fit,
     missing_eval_views,
     open_run,
+    protocol_record,
     speakers_line,
     start,
     view_config,
+    write_task_report,
 )
 from mer.runtime import Precision
 from mer.schema import ExperimentConfig
@@ -45,7 +49,9 @@ from mer.training.checkpoint import (
     CONFIG_KEY,
     ENCODERS_KEY,
     MODEL_CFG_KEY,
+    TRAIN_COUNTS_KEY,
     check_labels,
+    class_mask,
     eval_weights,
     load_checkpoint,
     rebuild_model,
@@ -128,8 +134,10 @@ def padding_line(train_set, batch_size: int, bucket_batches: int, seed: int) -> 
 
 def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], collator: HFCollator, *,
                       run_dir: Path, checkpoint: str, device: torch.device, precision: Precision, batch_size: int,
-                      num_workers: int = 0, progress: bool = True) -> dict[str, dict]:
-    """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}."""
+                      num_workers: int = 0, progress: bool = True, cfg: ExperimentConfig | None = None,
+                      state: dict | None = None) -> dict[str, dict]:
+    """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}. With `cfg`, the
+    protocol is recorded and (eval.mask_absent_classes, with the checkpoint `state`) classes masked."""
     results = {}
     for name, ds in datasets.items():
         results[name] = evaluate_view(
@@ -137,7 +145,9 @@ def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], co
             checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size, collate_fn=collator,
             num_workers=num_workers, batch_sampler=sorted_batches(ds, None, batch_size), progress=progress,
             extra={"rows_skipped": ds.skipped, "text_missing": int((~ds.text_mask).sum()) if ds.use_text else 0,
-                   "audio_missing": int((~ds.audio_mask).sum()) if ds.use_audio else 0})
+                   "audio_missing": int((~ds.audio_mask).sum()) if ds.use_audio else 0,
+                   **({"protocol": protocol_record(cfg)} if cfg is not None else {})},
+            class_mask=class_mask(state or {}, ds, bool(cfg and cfg.eval.mask_absent_classes)))
     return results
 
 
@@ -177,6 +187,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     train_set = open_view(cfg, rows, manifest, cfg.data.train_view, encoders, train=True)
     val_set = open_view(cfg, rows, manifest, cfg.data.val_view, encoders)
     eval_sets = {name: open_view(cfg, rows, manifest, name, encoders) for name in cfg.data.eval_views}
+    task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
+    leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
     labels = train_set.labels
     model = build_model(cfg.model, len(labels), encoders=encoders)
     if cfg.train.init_from and not resume:
@@ -186,6 +198,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     collator = make_collator(cfg, encoders)
 
     run_dir = prepare_run(loaded, resume=resume)
+    write_task_report(run_dir, task_report)
     if not resume:
         write_encoders(run_dir, cfg, encoders)
     summary = model_summary(model)
@@ -196,6 +209,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         print(f"{name + ' encoder':<13} {info['source']}")
     for name, ds in (("train", train_set), ("val", val_set), *eval_sets.items()):
         print(speakers_line(name, ds))
+    for note in leakage_notes:
+        print(note)
     for ds in (train_set, val_set, *eval_sets.values()):
         if ds.skipped:
             print(f"view {ds.view_name}: skipped rows without input in mode {cfg.model.mode}: {ds.skipped}")
@@ -208,7 +223,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         print(f"{run_dir}: training had already finished (checkpoints/last.pt); nothing to train"
               + (f", evaluating {', '.join(todo)}" if todo else ""))
     else:
-        extra = {MODEL_CFG_KEY: to_dict(cfg.model), CONFIG_KEY: to_dict(cfg), ENCODERS_KEY: enc_info}
+        extra = {MODEL_CFG_KEY: to_dict(cfg.model), CONFIG_KEY: to_dict(cfg), ENCODERS_KEY: enc_info,
+                 TRAIN_COUNTS_KEY: [int(c) for c in train_set.class_counts()]}
         model, result.fit, result.train_s = fit(
             model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
@@ -216,11 +232,11 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     if todo:
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
-        del state
+        state = {TRAIN_COUNTS_KEY: state.get(TRAIN_COUNTS_KEY)}  # frees the weights' copy before evaluation
         result.results = evaluate_datasets(model, {v: eval_sets[v] for v in todo}, collator, run_dir=run_dir,
                                            checkpoint=cfg.eval.checkpoint, device=device, precision=precision,
                                            batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,
-                                           progress=cfg.train.progress)
+                                           progress=cfg.train.progress, cfg=cfg, state=state)
     return result
 
 
@@ -238,7 +254,7 @@ def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *,
         check_labels(state, ds.labels, Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     return evaluate_datasets(model, datasets, make_collator(cfg, encoders), run_dir=run_dir, checkpoint=checkpoint,
                              device=dev, precision=precision, batch_size=batch_size or cfg.data.eval_batch_size,
-                             num_workers=cfg.data.num_workers, progress=progress)
+                             num_workers=cfg.data.num_workers, progress=progress, cfg=cfg, state=state)
 
 
 def encoders_note(run_dir: str | Path) -> str | None:

@@ -23,6 +23,7 @@ from mer.models.registry import MODE_MODALITIES
 from mer.recipes.common import (
     RunResult,
     check_speaker_leakage,
+    check_task_rows,
     check_train_config,
     finished_before,
     fit,
@@ -32,6 +33,7 @@ from mer.recipes.common import (
     speakers_line,
     start,
     view_config,
+    write_task_report,
 )
 from mer.schema import ExperimentConfig
 from mer.training.checkpoint import (
@@ -40,7 +42,9 @@ from mer.training.checkpoint import (
     FEATURE_STATS_KEY,
     MODEL_CFG_KEY,
     TEXT_DIM_KEY,
+    TRAIN_COUNTS_KEY,
     check_labels,
+    class_mask,
     eval_weights,
     load_checkpoint,
     rebuild_model,
@@ -71,6 +75,11 @@ def build(cfg: ExperimentConfig, store) -> tuple[nn.Module, dict]:
     model = build_model(cfg.model, len(cfg.data.task.labels), audio_dim=store.audio_dim, text_dim=store.text_dim)
     extra = {MODEL_CFG_KEY: to_dict(cfg.model), AUDIO_DIM_KEY: store.audio_dim, TEXT_DIM_KEY: store.text_dim}
     return model, extra
+
+
+def train_counts(train_set) -> dict:
+    """What a checkpoint records of the training view's classes (for corpus-aware evaluation)."""
+    return {TRAIN_COUNTS_KEY: [int(c) for c in train_set.class_counts()]}
 
 
 def fit_standardization(cfg: ExperimentConfig, train_set: FeatureDataset, others) -> dict:
@@ -133,11 +142,13 @@ def evaluate_datasets(run_dir: Path, datasets: dict[str, FeatureDataset], cfg: E
                       progress: bool = True) -> dict[str, dict]:
     """Write `<run>/eval_<view>/` for each dataset with the `checkpoint` weights; {view: metrics}."""
     model = model_from_checkpoint(run_dir, checkpoint, device, datasets.values(), cfg)
+    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     return {name: evaluate_view(model, ds, out_dir=Path(run_dir) / f"eval_{name}", run_name=Path(run_dir).name,
                                 view_name=name, checkpoint=checkpoint, device=device, precision=precision,
                                 batch_size=batch_size or cfg.data.eval_batch_size, collate_fn=collate_batch,
                                 num_workers=cfg.data.num_workers, progress=progress,
-                                extra={"protocol": protocol_record(cfg)})
+                                extra={"protocol": protocol_record(cfg)},
+                                class_mask=class_mask(state, ds, cfg.eval.mask_absent_classes))
             for name, ds in datasets.items()}
 
 
@@ -153,14 +164,17 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     train_set = open_view(store, cfg, cfg.data.train_view)
     val_set = open_view(store, cfg, cfg.data.val_view)
     eval_sets = {name: open_view(store, cfg, name) for name in cfg.data.eval_views}
+    task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
     model, extra = build(cfg, store)
+    extra.update(train_counts(train_set))
     extra.update(fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
     if cfg.train.init_from:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
     split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
     run_dir = prepare_run(loaded, resume=resume)
+    write_task_report(run_dir, task_report)
     print(f"run {run_dir}  device {device}  train {len(train_set)}  val {len(val_set)}  "
           f"model {cfg.model.name}/{cfg.model.mode}")
     for name, ds in (("train", train_set), ("val", val_set), *eval_sets.items()):

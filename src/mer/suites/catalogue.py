@@ -122,7 +122,8 @@ def meld_ft_steps() -> tuple[Step, ...]:
 
 def loco_steps() -> tuple[Step, ...]:
     """Leave one corpus out: train/val on every other corpus; evaluated on all rows of the held-out corpus
-    (`heldout`) and on its test split (`heldout_test`, the rows the in-corpus runs are scored on)."""
+    (`heldout`) and on its test split (`heldout_test`, the rows the in-corpus runs are scored on), with the classes
+    the held-out corpus (or the training corpora) lack masked from the logits, as `cross_corpus.py` does."""
     steps = []
     for corpus in CORPORA:
         overrides = (
@@ -131,6 +132,7 @@ def loco_steps() -> tuple[Step, ...]:
             *_view("heldout", dataset=corpus),
             *_view("heldout_test", split="test", dataset=corpus),
             "data.train_view=loco_train", "data.val_view=loco_val",
+            "eval.mask_absent_classes=true",  # corpus-aware: classes the held-out corpus lacks are masked
         )
         steps.append(Step(f"paper_loco_exclude_{corpus}", "train_hf", E2E_ALL, overrides=overrides,
                           eval_views=("heldout", "heldout_test"), requires=(corpus,)))

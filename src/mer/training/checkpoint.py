@@ -8,14 +8,16 @@ scheduler, scaler, EMA, early stopping, RNG states, epoch). `eval_weights` choos
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from mer.config import validate
 from mer.errors import UserError
-from mer.io import atomic_write
+from mer.io import atomic_write, os_error_in, write_error
 from mer.models import build_model
 from mer.schema import ModelConfig
 
@@ -31,13 +33,27 @@ AUDIO_DIM_KEY, TEXT_DIM_KEY = "audio_dim", "text_dim"  # feature models: the sto
 FEATURE_STATS_KEY = "feature_stats"  # feature models: the training view's z-scoring statistics
 ENCODERS_KEY = "encoders"  # end-to-end models: where each encoder came from
 VAL_METRICS_KEY = "val_metrics"  # best.pt: the validation row of its epoch
+TRAIN_COUNTS_KEY = "train_class_counts"  # rows per class of the training view (corpus-aware evaluation)
 # last.pt only: what exact resume restores
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "early_stopping", "rng", "sample_gen", "aug_gen")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write `state` to `path` through a temp file, so a kill never leaves a half-written checkpoint."""
-    atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT_VERSION, **state}, tmp))
+    """Write `state` to `path` through a temp file, so a kill never leaves a half-written checkpoint. A folder that
+    cannot be written (read-only, full disk: torch's `[enforce fail at inline_container.cc]` RuntimeError) is a
+    one-line UserError naming the folder and the errno; the temp file is removed."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a Python file: a failed write is an OSError with its errno
+            torch.save({"format": FORMAT_VERSION, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    try:
+        atomic_write(path, write)
+    except RuntimeError as exc:  # torch's writer wraps the OSError of a failed write
+        raise write_error(path, os_error_in(exc) or exc) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -95,6 +111,18 @@ def rebuild_model(state: dict, encoders=None) -> nn.Module:
     if encoders is not None:
         return build_model(model_cfg, n_classes, encoders=encoders)
     return build_model(model_cfg, n_classes, audio_dim=state.get(AUDIO_DIM_KEY), text_dim=state.get(TEXT_DIM_KEY))
+
+
+def class_mask(state: dict, dataset, enabled: bool):
+    """Corpus-aware evaluation: the classes both the training view (from the checkpoint) and `dataset` have, as a
+    bool mask per label; None when `enabled` is off (every class kept)."""
+    if not enabled:
+        return None
+    counts = np.bincount(np.asarray(dataset.label_ids), minlength=len(dataset.labels)) > 0
+    trained = state.get(TRAIN_COUNTS_KEY)
+    if trained is not None:
+        counts &= np.asarray(trained) > 0
+    return counts
 
 
 def training_finished(state: dict, epochs: int, patience: int | None) -> bool:
