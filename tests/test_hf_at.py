@@ -89,7 +89,8 @@ def test_each_mode_runs_forward_and_backward_and_builds_only_its_encoders(dirs, 
         assert model.text_encoder.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("hf", [{"audio_pooling": "mean_std"}, {"audio_layer": "weighted"}, {"audio_layer": 1}])
+@pytest.mark.parametrize("hf", [{"audio_pooling": "mean_std"}, {"audio_pooling": "asp"}, {"audio_layer": "weighted"},
+                                {"audio_layer": 1}])
 def test_padding_does_not_change_a_clips_vector_or_logits_inside_the_model(dirs, hf):
     model = make(dirs, "A", **hf).eval()
     fe = processor(str(dirs["audio"]), "audio")
@@ -343,3 +344,27 @@ def test_pool_audio_of_model_matches_the_shared_utilities(dirs):
     with torch.no_grad():
         hidden, mask = encode_audio(model.audio_encoder, enc["input_values"], enc["attention_mask"])
         torch.testing.assert_close(model.audio_vector(**enc), pool_audio(hidden, mask, "mean_std"))
+
+
+def test_asp_audio_pooling_is_attentive_statistics_over_the_real_frames_and_trains(dirs):
+    model = make(dirs, "A", audio_pooling="asp", freeze="none").eval()
+    assert model.audio_dim == 2 * model.audio_encoder.config.hidden_size
+    fe = processor(str(dirs["audio"]), "audio")
+    enc = prepare_audio(fe, clips(0.5, 1.1))
+    with torch.no_grad():
+        vec = model.audio_vector(enc["input_values"], enc["attention_mask"])
+        hidden, mask = encode_audio(model.audio_encoder, enc["input_values"], enc["attention_mask"])
+        pool = model.audio_pool
+        for b in range(2):  # e_t = v^T tanh(W h_t + b); alpha = softmax over the real frames; [mu ; sigma]
+            h = hidden[b][mask[b]]
+            alpha = torch.softmax(pool.score(torch.tanh(pool.attention(h))).squeeze(-1), dim=0).unsqueeze(-1)
+            mu = (alpha * h).sum(0)
+            sigma = ((alpha * h.square()).sum(0) - mu.square()).clamp_min(1e-6).sqrt()
+            torch.testing.assert_close(vec[b], torch.cat([mu, sigma]), rtol=1e-4, atol=1e-5)
+    model.train()
+    torch.nn.functional.cross_entropy(model(batch_for(model, clips(0.5, 1.1), None, [0, 2])),
+                                      torch.tensor([0, 2])).backward()
+    assert model.audio_pool.attention.weight.grad.abs().sum() > 0
+    assert model.audio_pool.score.weight.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="audio_pooling"):
+        validate({"name": "hf_at", "hf": {"audio_pooling": "attentive"}}, ModelConfig)

@@ -2,7 +2,7 @@
 
     input_values [B, S] -> audio_encoder (WavLM / HuBERT / wav2vec2; `encode_audio_states`: padding-safe)
         -> hidden states of `audio_layer` (last | index | mean | weighted: learned softmax weights over all)
-        -> masked mean (or mean+std) over real frames -> audio_proj: LayerNorm -> Linear -> Dropout   ─┐
+        -> masked mean (or mean+std, or attentive statistics pooling) over real frames -> audio_proj: LayerNorm -> Linear -> Dropout   ─┐
     input_ids [B, L] -> text_encoder (RoBERTa / BERT) -> CLS (or masked mean)                           │
         -> text_proj: LayerNorm -> Linear -> Dropout                                                   ─┤
     -> CLSTokenFusion (the RobustAT fusion: CLS + modality tokens, pre-LN blocks; a masked modality is left
@@ -59,6 +59,7 @@ from mer.features.hf_encoders import (
     text_max_length,
 )
 from mer.models.blocks import ModalityProjection
+from mer.models.pooling import AttentiveStatsPool
 from mer.models.registry import MODE_MODALITIES, register
 from mer.models.robust_at import CLSTokenFusion
 from mer.schema import HFModelConfig, ModelConfig
@@ -67,6 +68,7 @@ PARAM_GROUP_PREFIXES = {
     "audio_encoder.": "the pretrained audio encoder",
     "text_encoder.": "the pretrained text encoder",
     "audio_layer_weights": "the learned layer weights (audio_layer: weighted)",
+    "audio_pool.": "attentive statistics pooling (audio_pooling: asp)",
     "audio_proj.": "audio projection to the fusion width",
     "text_proj.": "text projection to the fusion width",
     "fusion.": "CLS-token fusion blocks",
@@ -260,7 +262,11 @@ class HFAudioTextModel(nn.Module):
                 self.audio_layer_weights = nn.Parameter(torch.zeros(n_states))  # softmax: uniform at the start
             else:
                 check_layer(enc.audio, self.audio_layer)
-            self.audio_dim = pooled_dim(enc.audio, hf.audio_pooling)
+            if hf.audio_pooling == "asp":  # e_t = v^T tanh(W h_t + b), masked softmax, [sum a h ; sqrt(sum a h^2 - mu^2)]
+                self.audio_pool = AttentiveStatsPool(int(enc.audio.config.hidden_size), attention_dim=128)
+                self.audio_dim = self.audio_pool.out_dim
+            else:
+                self.audio_dim = pooled_dim(enc.audio, hf.audio_pooling)
             self.audio_proj = ModalityProjection(self.audio_dim, hidden, cfg.dropout, activation=False)
         if "text" in self.modalities:
             if enc.text is None:
@@ -323,6 +329,8 @@ class HFAudioTextModel(nn.Module):
             hidden = sum(w * h.float() for w, h in zip(weights, states, strict=True))
         else:
             hidden = select_layer(states, self.audio_layer)
+        if self.cfg.hf.audio_pooling == "asp":
+            return self.audio_pool(hidden.float(), frame_mask)
         return pool_audio(hidden.float(), frame_mask, self.cfg.hf.audio_pooling)
 
     def text_vector(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
