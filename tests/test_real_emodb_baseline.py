@@ -1,0 +1,46 @@
+"""The field's standard baseline on REAL speech: EmoDB, the 5 speaker-disjoint folds, openSMILE ComParE_2016 + the
+MER linear baseline (logreg, C = 0.1), per utterance and speaker-normalized — the figures of BENCHMARKS.md
+(0.777 and 0.859 measured with plain opensmile + scikit-learn outside MER) within ±0.02."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("opensmile")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def emodb_dir() -> Path | None:
+    env = os.environ.get("MER_EMODB")
+    for c in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data" / "emodb"]:
+        if (c / "wav").is_dir():
+            return c
+    return None
+
+
+EMODB = emodb_dir()
+pytestmark = pytest.mark.skipif(EMODB is None, reason="the real EmoDB corpus is not beside the repository")
+
+
+def test_compare_linear_baseline_reproduces_the_standard_figures(tmp_path):
+    spec = importlib.util.spec_from_file_location("emodb_cv", ROOT / "scripts" / "emodb_cv.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "emodb"
+    argv = ["--emodb", str(EMODB), "--out", str(out), "--val", "0"]
+    assert script.main(argv) == 0
+    assert script.main([*argv, "--set", "data.speaker_norm=true"]) == 0
+    plain = json.loads((out / "cv_emodb_compare_linear" / "cv_summary.json").read_text())
+    norm = json.loads((out / "cv_emodb_compare_linear_data-speaker_norm-true" / "cv_summary.json").read_text())
+    assert plain["pooled"]["n"] == norm["pooled"]["n"] == 535
+    assert plain["protocol"]["speaker_norm"] is False and norm["protocol"]["speaker_norm"] is True
+    assert abs(plain["pooled"]["macro_f1"] - 0.777) <= 0.02, plain["pooled"]
+    assert abs(norm["pooled"]["macro_f1"] - 0.859) <= 0.02, norm["pooled"]
+    lo, hi = plain["ci"]["macro_f1"]
+    assert lo < plain["pooled"]["macro_f1"] < hi
