@@ -1,0 +1,57 @@
+"""init_config.py: a starting config that fits a user's one-corpus manifest trains as written."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from helpers_manifest import make_tone_manifest
+
+from mer.cli import extract_opensmile, init_config
+from mer.cli import train as train_cli
+from mer.config import load_config
+from mer.data.manifest import read_manifest
+from mer.data.views import select_rows
+from mer.errors import run_cli
+
+
+def one_corpus_manifest(tmp_path, text: bool):
+    manifest = make_tone_manifest(tmp_path / "data", per_split={"train": 6, "val": 2, "test": 2})
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows = [{**r, "dataset": "MyCorpus", "speaker": f"MyCorpus/{r['split']}{i % 3}",
+             "text": r["text"] if text else ""} for i, r in enumerate(rows)]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def test_an_audio_only_corpus_gets_an_audio_config_whose_views_all_serve_it(tmp_path, capsys):
+    manifest = one_corpus_manifest(tmp_path, text=False)
+    out = tmp_path / "my.yaml"
+    assert run_cli(init_config.main, ["--manifest", str(manifest), "--out", str(out), "--track", "linear",
+                                      "--store", str(tmp_path / "mm")]) == 0
+    assert "audio only" in capsys.readouterr().out
+    cfg = load_config(out).cfg
+    assert cfg.model.mode == "A" and cfg.model.name == "linear"
+    rows = read_manifest(manifest)
+    assert set(cfg.data.task.labels) == {r["label"] for r in rows}
+    for view in (cfg.data.train_view, cfg.data.val_view, *cfg.data.eval_views):
+        assert len(select_rows(rows, cfg.data.views[view])) > 0, view  # no view the manifest cannot serve
+    # the config trains as written once its store exists
+    assert run_cli(extract_opensmile.main, ["--manifest", str(manifest), "--out", str(tmp_path / "st"),
+                                            "--feature-set", "eGeMAPSv02", "--memmap", str(tmp_path / "mm"),
+                                            "--jobs", "1", "--quiet"]) == 0
+    raw = yaml.safe_load(out.read_text())
+    raw["run"]["output_root"] = str(tmp_path / "runs")
+    out.write_text(yaml.safe_dump(raw))
+    assert run_cli(train_cli.main, ["--config", str(out)]) == 0
+    assert (tmp_path / "runs" / raw["run"]["name"] / "eval_test" / "metrics_eval.json").is_file()
+    # never overwrites
+    assert run_cli(init_config.main, ["--manifest", str(manifest), "--out", str(out)]) == 2
+
+
+def test_a_corpus_with_transcripts_gets_audio_and_text(tmp_path):
+    manifest = one_corpus_manifest(tmp_path, text=True)
+    out = tmp_path / "at.yaml"
+    assert run_cli(init_config.main, ["--manifest", str(manifest), "--out", str(out)]) == 0
+    cfg = load_config(out).cfg
+    assert cfg.model.mode == "AT" and cfg.model.name == "flexible_at" and cfg.data.eval_views == ["test"]
