@@ -227,8 +227,13 @@ class SchedulerConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: int | None = 5  # None = never stop early
+    patience: int | None = 5  # None = never stop early (hybrid: the loss rule still applies)
     min_delta: float = 0.0
+    # patience: the metric must improve; hybrid: its moving average over `window` epochs must improve, and the
+    # run stops at once when the validation loss exceeds its minimum so far x `loss_threshold`
+    mode: Literal["patience", "hybrid"] = "patience"
+    window: int = 5
+    loss_threshold: float = 1.05
 
 
 @dataclass
@@ -273,7 +278,9 @@ class AugmentConfig:
 
 @dataclass
 class LossConfig:
-    name: Literal["ce", "focal"] = "ce"
+    # ce; weighted_ce (ce with balanced class weights: train.class_weights, 'balanced' when unset); focal;
+    # balanced_softmax (ce on logits + log prior of the training view's classes; plain logits at inference)
+    name: Literal["ce", "weighted_ce", "focal", "balanced_softmax"] = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
 

@@ -3,6 +3,7 @@ precision, the trainer run (fit, resume, curves), opening a finished run, and th
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from mer.config import load_config
 from mer.errors import UserError
 from mer.evaluation.metrics import VAL_METRICS, compute_metrics, lower_is_better
 from mer.evaluation.reports import plot_curves
+from mer.io import atomic_write_text, remove_stale_temps
 from mer.reporting.splits import OFFICIAL_SPLIT_DATASETS
 from mer.runtime import Precision, resolve_precision, seed_everything, select_device
 from mer.schema import ExperimentConfig, ViewConfig
@@ -77,6 +79,9 @@ def check_train_config(cfg: ExperimentConfig) -> None:
         ]
     if train.class_weights.clip is not None:
         checks.append(("train.class_weights.clip", train.class_weights.clip, train.class_weights.clip > 0, "> 0"))
+    checks += [("train.early_stopping.window", train.early_stopping.window, train.early_stopping.window >= 1, ">= 1"),
+               ("train.early_stopping.loss_threshold", train.early_stopping.loss_threshold,
+                train.early_stopping.loss_threshold >= 1.0, ">= 1 (a factor of the minimum validation loss)")]
     if train.early_stopping.patience is not None:
         checks.append(("train.early_stopping.patience", train.early_stopping.patience,
                        train.early_stopping.patience >= 1, ">= 1 or null (never stop early)"))
@@ -150,6 +155,7 @@ def open_run(run_dir: str | Path, device: str | None = None) -> tuple[Path, Expe
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     cfg = load_run_config(run_dir)
+    remove_stale_temps(run_dir)  # what a killed save left behind (only of dead processes)
     dev = select_device(device or cfg.run.device)
     return run_dir, cfg, dev, resolve_precision(cfg.train.amp, dev)
 
@@ -224,3 +230,48 @@ def check_speaker_leakage(cfg: ExperimentConfig, train_set, eval_sets: dict) -> 
             notes.append(f"view {name}: {len(common)} transcripts also in training (expected for fixed-sentence "
                          "acted corpora such as RAVDESS, CREMA-D, EmoDB)")
     return notes
+
+
+TASK_REPORT = "task_report.json"
+
+
+def check_task_rows(cfg: ExperimentConfig, train_set, val_set, eval_sets: dict) -> dict:
+    """The rows each view left out of the task (not (mapped to) a task label), printed one line per view that left
+    any out (`source value -> rows`), and the class counts; a task label without a single training row is an error
+    naming it (a warning with `data.allow_empty_classes`). Returns the report that `write_task_report` stores in
+    the run folder."""
+    task = cfg.data.task
+    views = {cfg.data.train_view: train_set, cfg.data.val_view: val_set, **eval_sets}
+    report = {"task": {"labels": list(task.labels), "source_field": task.source_field, "mapping": dict(task.mapping)},
+              "views": {}, "empty_classes": []}
+    for name, ds in views.items():
+        counts = np.bincount(np.asarray(ds.label_ids, dtype=np.int64), minlength=len(ds.labels))
+        dropped = {str(k): int(v) for k, v in sorted((getattr(ds, "dropped", None) or {}).items())}
+        report["views"][name] = {"rows": len(ds), "left_out": sum(dropped.values()), "left_out_by_value": dropped,
+                                 "class_counts": {lb: int(n) for lb, n in zip(ds.labels, counts, strict=True)}}
+        if dropped:
+            shown = ", ".join(f"{k} {v}" for k, v in dropped.items())
+            print(f"view {name}: {sum(dropped.values())} rows left out, their {task.source_field} is not a task "
+                  f"label ({shown})")
+    train_counts = report["views"][cfg.data.train_view]["class_counts"]
+    empty = [lb for lb, n in train_counts.items() if n == 0]
+    report["empty_classes"] = empty
+    if empty:
+        left = report["views"][cfg.data.train_view]["left_out_by_value"]
+        have = ", ".join(f"{lb} {n}" for lb, n in train_counts.items() if n)
+        gone = f"; left out by {task.source_field}: " + ", ".join(f"{k} {v}" for k, v in left.items()) if left else ""
+        message = (f"task label{'s' if len(empty) > 1 else ''} {', '.join(repr(lb) for lb in empty)} "
+                   f"{'have' if len(empty) > 1 else 'has'} no row in the training view {cfg.data.train_view!r} "
+                   f"(its rows: {have}{gone})")
+        if not cfg.data.allow_empty_classes:
+            raise UserError(f"{message}: fix data.task.labels / data.task.mapping (or the data), or set "
+                            "data.allow_empty_classes: true to train without it")
+        print(f"warning: {message}; the class is never learned (data.allow_empty_classes)")
+    return report
+
+
+def write_task_report(run_dir: Path, report: dict) -> Path:
+    """`<run>/task_report.json`: the task, each view's rows, class counts and the rows it left out."""
+    path = Path(run_dir) / TASK_REPORT
+    atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return path

@@ -128,5 +128,7 @@ def class_mask(state: dict, dataset, enabled: bool):
 def training_finished(state: dict, epochs: int, patience: int | None) -> bool:
     """Whether `last.pt`'s state is the end of training: all `epochs` run, or early-stopped (`patience` epochs
     without improvement). A resume of a finished run has nothing to train."""
-    bad_epochs = int((state.get("early_stopping") or {}).get("bad_epochs", 0))
-    return int(state[EPOCH_KEY]) >= epochs or (patience is not None and bad_epochs >= patience)
+    early = state.get("early_stopping") or {}
+    bad_epochs = int(early.get("bad_epochs", 0))
+    return (int(state[EPOCH_KEY]) >= epochs or (patience is not None and bad_epochs >= patience)
+            or bool(early.get("loss_exceeded", False)))

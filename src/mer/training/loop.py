@@ -8,7 +8,9 @@ exact resume — lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,10 +23,11 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Sequent
 from tqdm.auto import tqdm
 
 from mer.errors import UserError
+from mer.io import FolderLock, remove_stale_temps
 from mer.runtime import Precision, rng_state, set_rng_state
 from mer.schema import TrainConfig
 from mer.training.augmentation import augment_batch
-from mer.training.checkpoint import load_checkpoint, save_checkpoint
+from mer.training.checkpoint import EPOCH_KEY, RESUME_KEYS, load_checkpoint, save_checkpoint
 from mer.training.early_stopping import EarlyStopping
 from mer.training.ema import make_ema
 from mer.training.history import append_csv_row, truncate_csv
@@ -33,6 +36,7 @@ from mer.training.samplers import build_sampler
 from mer.training.schedulers import build_scheduler
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict]
+PROGRESS_LINES = 10  # plain progress lines per epoch when the output is not a terminal
 BatchSamplerFn = Callable[[Dataset, Sampler, int], Iterable[list[int]]]
 
 
@@ -49,6 +53,14 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
+
+
+def is_terminal(stream) -> bool:
+    """Whether `stream` is an interactive terminal (a progress bar's \r redraws belong there, not in a log)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def move_to_device(batch: dict, device: torch.device) -> dict:
@@ -102,7 +114,7 @@ def predict(model: nn.Module, loader: Iterable[dict], device: torch.device, prec
     focal loss as configured; plain cross-entropy when None), and `ce`, the mean plain cross-entropy."""
     model.eval()
     idx, labels, probs, loss_sum, ce_sum, n = [], [], [], 0.0, 0.0, 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and is_terminal(sys.stderr))):
         batch = move_to_device(batch, device)
         with precision.autocast(device):
             logits = model(batch)
@@ -150,8 +162,12 @@ class Trainer:
 
         n_classes = len(labels)
         train_labels = np.asarray(train_set.label_ids, dtype=np.int64)
-        weight = class_weights(train_labels, n_classes, cfg.class_weights)
-        self.criterion = build_loss(cfg.loss, weight.to(device) if weight is not None else None)
+        cw = cfg.class_weights
+        if cfg.loss.name == "weighted_ce" and cw.mode == "none":
+            cw = dataclasses.replace(cw, mode="balanced")  # weighted_ce: balanced weights unless configured
+        weight = class_weights(train_labels, n_classes, cw)
+        self.criterion = build_loss(cfg.loss, weight.to(device) if weight is not None else None,
+                                    np.bincount(train_labels, minlength=n_classes)).to(device)
 
         self.sample_gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator().manual_seed(seed + 1)
@@ -166,8 +182,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, cfg.epochs, cfg.lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         self.ema = make_ema(self.model, cfg.ema.decay) if cfg.ema.enabled else None
-        self.early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta, cfg.best_mode)
+        es = cfg.early_stopping
+        self.early = EarlyStopping(es.patience, es.min_delta, cfg.best_mode, rule=es.mode, window=es.window,
+                                   loss_threshold=es.loss_threshold)
         self.start_epoch = 1
+        self._lock = FolderLock(self.run_dir)  # held from resume() / fit() to the end of fit()
 
         val_sampler = eval_batch_sampler_fn(val_set, SequentialSampler(range(len(val_set))), eval_batch_size)
         self.val_loader = make_loader(val_set, val_sampler, collate_fn, num_workers)
@@ -192,9 +211,24 @@ class Trainer:
             **self.checkpoint_extra,
         }
 
+    def _hold_run_dir(self) -> None:
+        """Take the run folder's lock (a second process training the same run gets one line naming this one's
+        pid) and remove the temporaries a killed save left behind."""
+        if not self._lock.held:
+            self._lock.acquire()
+            remove_stale_temps(self.run_dir)
+
     def resume(self) -> None:
         """Restore everything from `checkpoints/last.pt`; training continues with the next epoch."""
-        state = load_checkpoint(self.ckpt_dir / "last.pt")
+        self._hold_run_dir()
+        try:
+            self._resume()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.ckpt_dir / "last.pt", require=(EPOCH_KEY, *RESUME_KEYS))
         if list(state.get("labels", [])) != self.labels:
             raise UserError(f"cannot resume: {self.ckpt_dir / 'last.pt'} was trained on labels {state.get('labels')}")
         self.model.load_state_dict(state["model"])
@@ -221,7 +255,11 @@ class Trainer:
         n_batches = len(loader)
         loss_sum, n_seen, y_true, y_pred = 0.0, 0, [], []
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+        # A bar on a terminal; in a log file (no tty) a plain line every tenth of the epoch instead of \r fragments.
+        on_tty = cfg.progress and is_terminal(sys.stderr)
+        every = max(1, math.ceil(n_batches / PROGRESS_LINES)) if cfg.progress and not on_tty else 0
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not on_tty)
         for step, batch in enumerate(bar, start=1):
             batch = augment_batch(batch, cfg.augment, self.mode, self.aug_gen)
             batch = move_to_device(batch, self.device)
@@ -244,6 +282,9 @@ class Trainer:
             y_true.append(batch["label"].detach().cpu())
             y_pred.append(logits.detach().argmax(-1).cpu())
             bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+            if every and (step % every == 0 or step == n_batches):
+                print(f"epoch {epoch}/{cfg.epochs}  step {step}/{n_batches} ({step / n_batches:.0%})  "
+                      f"loss {loss_sum / n_seen:.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
         metrics = self.metrics_fn(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy())
         return {"epoch": epoch, "loss": loss_sum / max(1, n_seen), **_scalars(metrics),
                 "lr": self.optimizer.param_groups[0]["lr"]}
@@ -267,6 +308,14 @@ class Trainer:
         return {"epoch": epoch, **losses, **_scalars(metrics)}
 
     def fit(self) -> FitResult:
+        """Train from `start_epoch` to `train.epochs` (or an early stop), holding the run folder's lock."""
+        self._hold_run_dir()
+        try:
+            return self._fit()
+        finally:
+            self._lock.release()
+
+    def _fit(self) -> FitResult:
         cfg = self.cfg
         history: list[dict] = []
         stopped = False
@@ -285,7 +334,7 @@ class Trainer:
                     raise UserError(f"config key 'train.scheduler.metric': {cfg.scheduler.metric!r} is not a "
                                     f"validation metric")
                 self.scheduler.step(float(val_row[cfg.scheduler.metric]))
-            is_best = self.early.update(value, epoch)
+            is_best = self.early.update(value, epoch, loss=float(val_row["loss"]))
             if is_best:
                 save_checkpoint({"epoch": epoch, "model": self._eval_model().state_dict(), "labels": self.labels,
                                  "val_metrics": val_row, **self.checkpoint_extra}, self.ckpt_dir / "best.pt")
@@ -298,7 +347,7 @@ class Trainer:
                   f"val {cfg.best_metric} {value:.4f}{mark}  ({train_row['time_s']:.1f}s)", flush=True)
             if self.early.should_stop:
                 stopped = True
-                print(f"early stop: no {cfg.best_metric} improvement for {self.early.bad_epochs} epochs")
+                print(f"early stop: {cfg.best_metric}: {self.early.reason}")
                 break
         return FitResult(self.early.best_epoch, self.early.best, epoch, stopped, history)
 
@@ -310,7 +359,10 @@ def init_from_checkpoint(model: nn.Module, path: str) -> tuple[int, int]:
     label set, an encoder the checkpoint's mode did not have). The matched weights must make up at least half of
     this model or half of the checkpoint: anything less means an unrelated checkpoint, an error.
     """
-    state = load_checkpoint(path)["model"]
+    try:
+        state = load_checkpoint(path)["model"]
+    except UserError as exc:
+        raise UserError(f"config key 'train.init_from': {exc}") from None
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     size = sum(v.numel() for v in matched.values())
