@@ -89,7 +89,10 @@ def test_a_run_with_balanced_softmax_and_hybrid_stopping_reports_its_own_criteri
     from mer.cli import train as train_cli
     from mer.errors import run_cli
 
-    store = make_store(tmp_path, 200, 8, 0, learnable=True, noise=2.0, memmap=True)
+    from mer.schema import EMOTIONS_7
+
+    skewed = [{"label": "anger" if i % 5 < 3 else EMOTIONS_7[i % 7]} for i in range(200)]  # an imbalanced task
+    store = make_store(tmp_path, 200, 8, 0, rows=skewed, learnable=True, noise=2.0, memmap=True)
     cfg = {"run": {"name": "bs", "output_root": str(tmp_path / "runs"), "seed": 3},
            "data": {"store": str(store), "eval_views": ["test"], "batch_size": 32},
            "model": {"name": "flexible_at", "mode": "A", "hidden_dim": 16},
