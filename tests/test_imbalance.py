@@ -88,7 +88,6 @@ def test_a_run_with_balanced_softmax_and_hybrid_stopping_reports_its_own_criteri
 
     from mer.cli import train as train_cli
     from mer.errors import run_cli
-
     from mer.schema import EMOTIONS_7
 
     skewed = [{"label": "anger" if i % 5 < 3 else EMOTIONS_7[i % 7]} for i in range(200)]  # an imbalanced task
@@ -107,3 +106,54 @@ def test_a_run_with_balanced_softmax_and_hybrid_stopping_reports_its_own_criteri
     assert rows and {"loss", "ce"} <= set(rows[0])
     # the validation loss is the training criterion (Balanced Softmax), plain cross-entropy beside it
     assert any(abs(float(r["loss"]) - float(r["ce"])) > 1e-4 for r in rows)
+
+
+def test_head_mid_tail_groups_by_training_frequency():
+    from mer.evaluation.metrics import frequency_groups, group_metrics
+
+    counts = [50, 5, 30, 1, 10, 0]
+    groups = frequency_groups(counts)
+    assert groups == {"head": [0, 2], "mid": [4, 1], "tail": [3, 5]}
+    labels = list("abcdef")
+    y_true = np.array([0, 0, 2, 4, 1, 3, 3])
+    y_pred = np.array([0, 2, 2, 4, 0, 3, 0])
+    g = group_metrics(y_true, y_pred, labels, counts)
+    assert g["tail"]["recall"] == pytest.approx(0.5)  # class d: 1 of 2; class f absent from the view
+    assert g["head"]["recall"] == pytest.approx((0.5 + 1.0) / 2)
+    assert g["mid"]["classes"] == ["e", "b"]
+
+
+def test_an_experiment_matrix_runs_every_experiment_and_seed_resumably(tmp_path, capsys):
+    import yaml
+    from helpers_store import make_store
+
+    from mer.cli import matrix as matrix_cli
+    from mer.errors import run_cli
+
+    store = make_store(tmp_path, 150, 6, 0, learnable=True, noise=2.0, memmap=True)
+    base = {"run": {"name": "m", "output_root": str(tmp_path / "runs")},
+            "data": {"store": str(store), "eval_views": ["test"], "batch_size": 32},
+            "model": {"name": "flexible_at", "mode": "A", "hidden_dim": 16},
+            "train": {"epochs": 2, "progress": False, "scheduler": {"name": "none"}}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    matrix = {"base": "base.yaml", "seeds": [0, 1],
+              "experiments": [{"name": "ce", "set": {"train.loss.name": "ce"}},
+                              {"name": "bsm", "set": {"train.loss.name": "balanced_softmax"}}]}
+    path = tmp_path / "mx.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    out = tmp_path / "mx_out"
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out)]) == 0
+    for name in ("ce_seed0", "ce_seed1", "bsm_seed0", "bsm_seed1"):
+        assert (out / name / "eval_test" / "metrics_eval.json").is_file()
+    assert (out / "comparison_report.md").is_file()
+    report = (out / "comparison_report.md").read_text()
+    assert "| ce | test | 2 |" in report and "| bsm | test | 2 |" in report  # aggregated over the 2 seeds
+    stamp = (out / "ce_seed0" / "checkpoints" / "best.pt").stat().st_mtime_ns
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "ce"]) == 0
+    assert (out / "ce_seed0" / "checkpoints" / "best.pt").stat().st_mtime_ns == stamp  # finished: skipped
+    # a bad experiment key is one line naming it, before anything runs
+    matrix["experiments"].append({"name": "x", "sett": {}})
+    path.write_text(yaml.safe_dump(matrix))
+    capsys.readouterr()
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "other")]) == 2
+    assert "unknown key 'sett'" in capsys.readouterr().err and not (tmp_path / "other").exists()

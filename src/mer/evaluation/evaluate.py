@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, Dataset, SequentialSampler
 
+from mer.evaluation.metrics import group_metrics
 from mer.evaluation.reports import write_eval_outputs
 from mer.runtime import Precision
 from mer.training.loop import make_loader, predict
@@ -19,12 +20,13 @@ from mer.training.loop import make_loader, predict
 def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name: str, view_name: str,
                   checkpoint: str, device: torch.device, precision: Precision, batch_size: int,
                   collate_fn=None, num_workers: int = 0, batch_sampler: Iterable[list[int]] | None = None,
-                  progress: bool = True, extra: dict | None = None, class_mask=None) -> dict:
+                  progress: bool = True, extra: dict | None = None, class_mask=None, train_counts=None) -> dict:
     """Predict every row of `dataset` and write metrics_eval.json, confusion matrix CSV/PNG and predictions.csv.
 
     `class_mask` (bool per label; corpus-aware evaluation across corpora): the classes it clears are masked from
     the logits (their probability is 0, the rest renormalised: softmax over the kept logits), and the rows of
-    those classes are left out and counted; the report names the masked classes."""
+    those classes are left out and counted; the report names the masked classes. `train_counts` (rows per class
+    of the training view) adds the head / mid / tail group metrics (`class_groups`)."""
     if batch_sampler is None:
         batch_sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     loader = make_loader(dataset, batch_sampler, collate_fn, num_workers)
@@ -42,6 +44,8 @@ def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name
         idx, y_true, probs = idx[keep], y_true[keep], probs[keep] * mask
         probs = probs / probs.sum(axis=1, keepdims=True)
     ids = [dataset.ids[i] for i in idx]
+    if train_counts is not None:
+        info["class_groups"] = group_metrics(y_true, probs.argmax(axis=1), labels, train_counts)
     return write_eval_outputs(out_dir, ids=ids, y_true=y_true, probs=probs, labels=labels,
                               run_name=run_name, view_name=view_name, checkpoint=checkpoint,
                               extra={**info, **(extra or {})})

@@ -124,3 +124,28 @@ def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     if yt.size == 0:
         return np.zeros((n_classes, n_classes), dtype=np.int64)
     return confusion_matrix(yt, yp, labels=list(range(n_classes))).astype(np.int64, copy=False)
+
+
+def frequency_groups(train_counts) -> dict[str, list[int]]:
+    """Classes split into head / mid / tail thirds by their training-view frequency (most frequent first; ties by
+    class index; with fewer than 3 classes the later groups are empty). Classes absent from training are tail."""
+    counts = np.asarray(train_counts)
+    order = sorted(range(len(counts)), key=lambda k: (-int(counts[k]), k))
+    n = len(order)
+    cut1, cut2 = int(np.ceil(n / 3)), int(np.ceil(2 * n / 3))
+    return {"head": order[:cut1], "mid": order[cut1:cut2], "tail": order[cut2:]}
+
+
+def group_metrics(y_true, y_pred, labels: list[str], train_counts) -> dict:
+    """Macro-F1 and mean recall of the head / mid / tail class groups (`frequency_groups`), over the group's
+    classes present in `y_true` (a group none of whose classes is in the view reports None)."""
+    yt, yp, labels = _check_inputs(y_true, y_pred, labels)
+    _, rec, f1, support = precision_recall_fscore_support(yt, yp, labels=list(range(len(labels))), average=None,
+                                                          zero_division=0)
+    out = {}
+    for name, members in frequency_groups(train_counts).items():
+        present = [k for k in members if support[k] > 0]
+        out[name] = {"classes": [labels[k] for k in members],
+                     "macro_f1": float(np.mean(f1[present])) if present else None,
+                     "recall": float(np.mean(rec[present])) if present else None}
+    return out

@@ -147,7 +147,8 @@ def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], co
             extra={"rows_skipped": ds.skipped, "text_missing": int((~ds.text_mask).sum()) if ds.use_text else 0,
                    "audio_missing": int((~ds.audio_mask).sum()) if ds.use_audio else 0,
                    **({"protocol": protocol_record(cfg)} if cfg is not None else {})},
-            class_mask=class_mask(state or {}, ds, bool(cfg and cfg.eval.mask_absent_classes)))
+            class_mask=class_mask(state or {}, ds, bool(cfg and cfg.eval.mask_absent_classes)),
+            train_counts=(state or {}).get(TRAIN_COUNTS_KEY))
     return results
 
 
