@@ -156,7 +156,7 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
         pooled = [v["pooled_macro_f1"] for v in seeds.values()]
         rows.append((exp.name, s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"],
                      s["std"]["macro_f1"], sum(pooled) / len(pooled), len(seeds)))
-    md = ["| experiment | pooled macro-F1 (seed 1) [95 % CI] | mean ± std over folds | pooled, mean over seeds |"
+    md = ["| experiment | pooled macro-F1 (first seed) [95 % CI] | mean ± std over folds | pooled, mean over seeds |"
           " seeds |", "| --- | ---: | ---: | ---: | ---: |"]
     csv = ["experiment,pooled_macro_f1,ci_lo,ci_hi,fold_mean,fold_std,pooled_mean_over_seeds,seeds"]
     for name, p, ci, mean, std, over, n in rows:
