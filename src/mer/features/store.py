@@ -8,7 +8,12 @@ Layout of a store folder::
 
 A shard is written to a temp name, fsynced and renamed; only then are its rows appended to `rows.jsonl`.
 A killed extraction therefore leaves at most an orphan shard (deleted on reopen) or a torn last line of
-`rows.jsonl` (truncated on reopen); the rows of that shard are simply redone by the next run.
+`rows.jsonl` (truncated on reopen); the rows of that shard are simply redone by the next run. A reader refuses a
+torn last line, fewer rows than `store.json` counts, or an id twice (each: a one-line error naming the file): the
+store is incomplete or damaged, and the memmap and training would otherwise silently see fewer or doubled rows.
+
+A writer holds an exclusive lock on the folder (`mer.io.FolderLock`): a second extraction into the same store is
+a one-line error naming the holder's pid, not a store with every row twice.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ import numpy as np
 
 from mer.data.records import CARRIED_FIELDS
 from mer.errors import UserError
-from mer.io import atomic_write_text
+from mer.io import LOCK_NAME, FolderLock, atomic_write_text, remove_stale_temps, write_error
 
 STORE_FORMAT = "mer-feature-store"
 STORE_FORMAT_VERSION = 1
@@ -73,15 +79,22 @@ def read_store_info(path: str | Path) -> dict:
     return info
 
 
-def read_rows_file(path: Path) -> tuple[list[dict], int]:
+def read_rows_file(path: Path, allow_torn: bool = False) -> tuple[list[dict], int]:
     """Parse `rows.jsonl`: the committed rows and the byte length of the committed part.
 
-    A last line without its newline is an uncommitted write from a killed run and is not returned.
+    A last line without its newline is an uncommitted write of a killed run (or a truncated copy): with
+    `allow_torn` (the writer, which then cuts it off and redoes its rows) it is not returned; otherwise it is a
+    one-line error naming the file and the line.
     """
     if not path.is_file():
         return [], 0
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1  # everything after the last newline is uncommitted
+    if not allow_torn and data[end:].strip():
+        lineno = data[:end].count(b"\n") + 1
+        raise UserError(f"{path}:{lineno}: the line is cut off (no newline at the end of the file: the file was "
+                        "truncated, or an extraction was killed while writing it); rerun the extraction into this "
+                        "store to repair it and redo the missing rows")
     rows: list[dict] = []
     for lineno, line in enumerate(data[:end].split(b"\n")[:-1], start=1):
         if not line.strip():
@@ -99,6 +112,16 @@ def read_rows_file(path: Path) -> tuple[list[dict], int]:
             raise UserError(f"{path}:{lineno}: expected an object with string 'id', 'shard' and integer 'offset'")
         rows.append(row)
     return rows, end
+
+
+def check_unique_ids(rows: list[dict], path: Path) -> None:
+    """An id twice in `rows.jsonl` is a damaged store (two extractions wrote into it at once): one line."""
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows, start=1):
+        j = first.setdefault(row["id"], i)
+        if j != i:
+            raise UserError(f"{path}: id {row['id']!r} is in the store twice (rows {j} and {i}; two extractions "
+                            "wrote into it at once?); re-extract it with --overwrite")
 
 
 class FeatureStoreWriter:
@@ -129,10 +152,26 @@ class FeatureStoreWriter:
         self.shard_size = int(shard_size)
         self._closed = False
         self._last_info: dict | None = None
-        created = None
 
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: exists and is not a folder; choose another output path")
+        if (not (self.path / STORE_JSON).exists() and self.path.is_dir()
+                and any(f.name != LOCK_NAME for f in self.path.iterdir())):
+            raise UserError(
+                f"{self.path}: folder exists, is not empty and is not a feature store (no {STORE_JSON}); "
+                "choose another output folder"
+            )
+        # One writer at a time (released by close(), or by the kernel when this process ends in any way).
+        self._lock = FolderLock(self.path).acquire()
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, overwrite: bool) -> None:
+        created = None
+        remove_stale_temps(self.path)
         if (self.path / STORE_JSON).exists():
             if overwrite:
                 self._remove_store_files()
@@ -142,13 +181,11 @@ class FeatureStoreWriter:
                 created = info.get("created")
                 if self.manifest_hash is None:
                     self.manifest_hash = info.get("manifest_sha256")
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            raise UserError(
-                f"{self.path}: folder exists, is not empty and is not a feature store (no {STORE_JSON}); "
-                "choose another output folder"
-            )
         self._shards_dir = self.path / SHARDS_DIR
-        self._shards_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._shards_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self._shards_dir / "part-00000.npz", exc) from None
         self._rows_path = self.path / ROWS_JSONL
         self._created = created or _now()
         self._recover()
@@ -197,7 +234,8 @@ class FeatureStoreWriter:
 
     def _recover(self) -> None:
         """Load committed rows; drop a torn last line, temp files and shards no committed row refers to."""
-        rows, committed = read_rows_file(self._rows_path)
+        rows, committed = read_rows_file(self._rows_path, allow_torn=True)
+        check_unique_ids(rows, self._rows_path)
         if self._rows_path.exists() and self._rows_path.stat().st_size > committed:
             with self._rows_path.open("r+b") as fh:
                 fh.truncate(committed)
@@ -276,19 +314,34 @@ class FeatureStoreWriter:
         tmp = self._shards_dir / (name + ".tmp")
         audio = self._stack(self._buf_audio, n, self.audio_dim)
         text = self._stack(self._buf_text, n, self.text_dim)
-        with tmp.open("wb") as fh:
-            np.savez(fh, audio=audio, text=text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
         lines = "".join(
             json.dumps({**m, "shard": name, "offset": i}, ensure_ascii=False, default=_json_default) + "\n"
             for i, m in enumerate(self._buf_meta)
         )
-        with self._rows_path.open("a", encoding="utf-8") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+        size = self._rows_path.stat().st_size if self._rows_path.exists() else 0
+        target = final
+        try:
+            with tmp.open("wb") as fh:
+                np.savez(fh, audio=audio, text=text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            target = self._rows_path
+            with self._rows_path.open("a", encoding="utf-8") as fh:
+                fh.write(lines)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a full disk or a folder made read-only: undo this shard, keep the store as it was
+            for f in (tmp, final):
+                with suppress(OSError):
+                    f.unlink(missing_ok=True)
+            with suppress(OSError):
+                if self._rows_path.exists() and self._rows_path.stat().st_size > size:
+                    with self._rows_path.open("r+b") as fh:
+                        fh.truncate(size)
+            self._closed = True  # the buffered rows are not written: a rerun redoes them
+            self._lock.release()
+            raise write_error(target, exc) from None
         self._done |= self._buf_ids
         self._n_rows += n
         self._n_shards += 1
@@ -317,8 +370,11 @@ class FeatureStoreWriter:
     def close(self) -> None:
         """Flush what is buffered; the store is complete on disk afterwards."""
         if not self._closed:
-            self.flush()
-            self._closed = True
+            try:
+                self.flush()
+            finally:
+                self._closed = True
+                self._lock.release()
 
     def __enter__(self) -> FeatureStoreWriter:
         return self
@@ -359,6 +415,11 @@ class FeatureStoreReader:
         rows, _ = read_rows_file(rows_path)
         if not rows_path.is_file() and self.info.get("n_rows"):
             raise UserError(f"{rows_path}: missing, but store.json counts {self.info['n_rows']} rows")
+        counted = self.info.get("n_rows")
+        if isinstance(counted, int) and len(rows) < counted:
+            raise UserError(f"{rows_path}: {len(rows)} rows, but store.json counts {counted} (the file was "
+                            "truncated?); rerun the extraction into this store to redo the missing rows")
+        check_unique_ids(rows, rows_path)
         self.meta: list[dict] = [{k: r.get(k) for k in CARRIED_FIELDS} for r in rows]
         self._shard_names: list[str] = []
         shard_ix: dict[str, int] = {}
