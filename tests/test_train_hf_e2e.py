@@ -305,9 +305,10 @@ def _error(capsys) -> str:
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, capsys, monkeypatch):
     rows = [json.loads(line) for line in env["manifest"].read_text().splitlines()]
     (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "audio").symlink_to(env["manifest"].parent / "audio")  # paths stay inside the folder
     broken = tmp_path / "data" / "meta_manifest.jsonl"
     gone = rows[5]["audio_path"]
-    broken.write_text("".join(json.dumps({**r, "audio_path": str(env["manifest"].parent / r["audio_path"])
+    broken.write_text("".join(json.dumps({**r, "audio_path": r["audio_path"]
                                           if r["audio_path"] != gone else "audio/nowhere.wav"}) + "\n"
                               for r in rows))
     config = write_config(tmp_path / "c.yaml", env, data={"manifest": str(broken)})

@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         "hashed word n-gram text features from a meta_manifest.jsonl into a feature store folder. Resumable: a "
         "rerun skips ids already in the store. Unusable clips are listed in <store>/" + REPORT_NAME + ".",
     )
-    p.add_argument("--manifest", required=True, type=Path, metavar="PATH", help="meta_manifest.jsonl written by mer-builder")
+    p.add_argument("--manifest", required=True, type=Path, metavar="PATH",
+                   help="meta_manifest.jsonl written by mer-builder (or the folder holding it)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="feature store folder (created or resumed)")
     p.add_argument("--n-mfcc", type=int, default=40, metavar="N", help="MFCC coefficients; audio dim = 2 x this (default 40)")
     p.add_argument("--text-dim", type=int, default=512, metavar="N", help="hashed text features; 0 = no text (default 512)")
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete the existing store and extract from scratch")
     p.add_argument("--memmap", type=Path, default=None, metavar="DIR",
                    help="also build the memory-mapped form of the store into DIR (as build_memmap_features.py)")
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="read manifest audio_path values that are absolute paths (refused by default: a manifest's "
+                   "paths are relative to its folder and stay inside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -40,5 +44,5 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     extract_mfcc_hash(args.manifest, args.out, memmap=args.memmap, n_mfcc=args.n_mfcc, text_dim=args.text_dim,
                       ngram=parse_ngram(args.ngram), jobs=args.jobs, batch_size=args.batch_size,
-                      overwrite=args.overwrite, quiet=args.quiet)
+                      overwrite=args.overwrite, quiet=args.quiet, allow_absolute_paths=args.allow_absolute_paths)
     return 0

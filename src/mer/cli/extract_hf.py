@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Example: extract_at_features_hf.py --manifest data/meta_manifest.jsonl --out features/wavlm_roberta "
         "--audio-model microsoft/wavlm-base-plus --text-model roberta-base --audio-pooling mean_std --context 2",
     )
-    p.add_argument("--manifest", required=True, type=Path, help="meta_manifest.jsonl written by mer-builder")
+    p.add_argument("--manifest", required=True, type=Path,
+                   help="meta_manifest.jsonl written by mer-builder (or the folder holding it)")
     p.add_argument("--out", required=True, type=Path, help="feature store folder to write (or resume)")
     p.add_argument("--audio-model", help="audio encoder: save_pretrained folder or hub name (omit: no audio)")
     p.add_argument("--text-model", help="text encoder: save_pretrained folder or hub name (omit: no text)")
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="re-extract from scratch into an existing store")
     p.add_argument("--memmap", type=Path, metavar="DIR", help="also build the memmap folder DIR from the store")
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="read manifest audio_path values that are absolute paths (refused by default: a manifest's "
+                   "paths are relative to its folder and stay inside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -51,6 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     opts = HFOptions(audio_model=a.audio_model, text_model=a.text_model, audio_pooling=a.audio_pooling,
                      audio_layer=a.audio_layer, text_pooling=a.text_pooling, context=a.context,
                      max_audio_s=a.max_audio_s, max_text_tokens=a.max_text_tokens, batch_size=a.batch_size,
-                     sort=not a.no_sort, device=a.device)
+                     sort=not a.no_sort, device=a.device, allow_absolute_paths=a.allow_absolute_paths)
     extract_hf(a.manifest, a.out, opts, memmap=a.memmap, overwrite=a.overwrite, quiet=a.quiet)
     return 0

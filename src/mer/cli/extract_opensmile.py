@@ -18,12 +18,16 @@ from mer.features.opensmile_functionals import FEATURE_SETS
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="extract_opensmile.py", description="Extract openSMILE functionals of every "
                                 "manifest row into a feature store (audio only; resumable; failures reported).")
-    p.add_argument("--manifest", required=True, type=Path, help="meta_manifest.jsonl written by mer-builder")
+    p.add_argument("--manifest", required=True, type=Path,
+                   help="meta_manifest.jsonl written by mer-builder (or the folder holding it)")
     p.add_argument("--out", required=True, type=Path, help="feature store folder (created or resumed)")
     p.add_argument("--feature-set", required=True, choices=FEATURE_SETS, help="openSMILE feature set")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all available cores)")
     p.add_argument("--memmap", type=Path, default=None, help="also build the memmap folder DIR from the store")
     p.add_argument("--overwrite", action="store_true", help="delete the existing store and extract from scratch")
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="read manifest audio_path values that are absolute paths (refused by default: a manifest's "
+                   "paths are relative to its folder and stay inside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -31,5 +35,5 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     extract_opensmile(a.manifest, a.out, a.feature_set, jobs=a.jobs, memmap=a.memmap, overwrite=a.overwrite,
-                      quiet=a.quiet)
+                      quiet=a.quiet, allow_absolute_paths=a.allow_absolute_paths)
     return 0

@@ -30,6 +30,30 @@ EMPTY_AUDIO = "empty_audio"
 BAD_AUDIO = "bad_audio"
 
 
+LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"  # how a Git LFS pointer file begins
+
+
+def not_audio_reason(path: str | Path) -> str | None:
+    """Why a file that fails to decode is not audio at all (empty, a Git LFS pointer from a clone without its LFS
+    objects, an HTML error page from a failed download), in the builder's words; None when it is none of these.
+    Reads at most the first 64 bytes."""
+    try:
+        path = Path(path)
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return None
+    if size == 0:
+        return "empty file (0 bytes), not audio"
+    if head.startswith(LFS_MAGIC):
+        return ("a Git LFS pointer text file, not audio (fetch the LFS objects: `git lfs pull` in the corpus's "
+                "repository, or download the release archive instead of a clone)")
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page, not audio (a failed download?)"
+    return None
+
+
 class ClipError(Exception):
     """A clip that cannot be used: `reason` (one of the reasons above) and a one-line `detail`."""
 
@@ -56,7 +80,7 @@ def decode_audio(path: Path, sr: int = SAMPLE_RATE, pcm16: bool = False) -> tupl
                 data = fh.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         msg = " ".join(str(exc).split())
-        raise ClipError(UNREADABLE, f"{path}: cannot decode audio ({msg})") from None
+        raise ClipError(UNREADABLE, f"{path}: {not_audio_reason(path) or f'cannot decode audio ({msg})'}") from None
     if data.shape[0] == 0:
         raise ClipError(EMPTY_AUDIO, f"{path}: no audio samples")
     converted = channels != 1 or file_sr != sr

@@ -8,7 +8,9 @@
 
 Checked when the dataset is made, so that a run fails before it starts:
 
-- a row without `audio_path`, or whose WAV does not exist: a one-line UserError naming the file and the row;
+- a row without `audio_path`, with one outside the manifest's folder (`../`, or absolute unless
+  `allow_absolute_paths`: the rule of `mer.data.manifest.audio_path_problem`), or whose WAV does not exist: a
+  one-line UserError naming the file and the row;
 - a context window on a manifest without any dialogue: one warning (the context is then always empty).
 
 Rows without usable content (a policy, not an error — transcripts are "" where a corpus has none):
@@ -32,10 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mer.data.audio import SAMPLE_RATE, clip_samples, read_clip
+from mer.data.audio import SAMPLE_RATE, clip_samples, not_audio_reason, read_clip
 from mer.data.context import DEFAULT_SEP, context_parts, truncate_left
 from mer.data.hf_inputs import pad_token_ids, prepare_audio
-from mer.data.manifest import read_manifest
+from mer.data.manifest import read_manifest, resolve_audio_path
 from mer.data.task import empty_view_message, task_label_ids
 from mer.data.views import describe_view, select_rows
 from mer.errors import UserError
@@ -54,8 +56,8 @@ def _duration_samples(row: dict, path: Path, sr: int) -> int:
     try:
         return clip_samples(path, sr)
     except (RuntimeError, OSError) as exc:
-        raise UserError(f"{path}: cannot read the audio header ({' '.join(str(exc).split())}); "
-                        f"manifest row {row['id']}") from None
+        why = not_audio_reason(path) or f"cannot read the audio header ({' '.join(str(exc).split())})"
+        raise UserError(f"{path}: {why}; manifest row {row['id']}") from None
 
 
 class ManifestDataset(Dataset):
@@ -75,6 +77,7 @@ class ManifestDataset(Dataset):
         context_sep: str = DEFAULT_SEP,
         sampling_rate: int = SAMPLE_RATE,
         rows: list[dict] | None = None,
+        allow_absolute_paths: bool = False,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"model.mode={mode!r} is not one of {', '.join(MODES)}")
@@ -87,6 +90,7 @@ class ManifestDataset(Dataset):
         self.mode, self.train = mode, bool(train)
         self.max_audio_s, self.context_turns, self.sampling_rate = float(max_audio_s), int(context_turns), sampling_rate
         self.use_audio, self.use_text = "A" in mode, "T" in mode
+        self.allow_absolute_paths = bool(allow_absolute_paths)
         self.labels: list[str] = list(task.labels)
         all_rows = rows if rows is not None else read_manifest(self.manifest_path)
 
@@ -159,11 +163,10 @@ class ManifestDataset(Dataset):
         paths, missing = [], []
         for pos in keep:
             row = rows[pos]
-            rel = row.get("audio_path")
-            if not isinstance(rel, str) or not rel:
-                raise UserError(f"{self.manifest_path}: row {row['id']} has no audio_path (expected the WAV's path "
-                                "relative to the manifest's folder)")
-            path = base / rel
+            try:
+                path = resolve_audio_path(base, row.get("audio_path"), self.allow_absolute_paths)
+            except ValueError as exc:
+                raise UserError(f"{self.manifest_path}: row {row['id']}: {exc}") from None
             if not path.is_file():
                 missing.append((path, row["id"]))
             paths.append(path)
@@ -189,8 +192,8 @@ class ManifestDataset(Dataset):
         except FileNotFoundError:
             raise UserError(f"{path}: audio file not found (manifest row {self.ids[i]})") from None
         except (RuntimeError, OSError, ValueError) as exc:
-            raise UserError(f"{path}: cannot decode audio ({' '.join(str(exc).split())}); manifest row "
-                            f"{self.ids[i]}") from None
+            why = not_audio_reason(path) or f"cannot decode audio ({' '.join(str(exc).split())})"
+            raise UserError(f"{path}: {why}; manifest row {self.ids[i]}") from None
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)

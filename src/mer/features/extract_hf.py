@@ -25,9 +25,17 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from mer.data.audio import BAD_AUDIO, EMPTY_AUDIO, MISSING_FILE, UNREADABLE, read_clip_cropped
+from mer.data.audio import (
+    BAD_AUDIO,
+    EMPTY_AUDIO,
+    MISSING_FILE,
+    UNREADABLE,
+    not_audio_reason,
+    read_clip_cropped,
+)
 from mer.data.context import context_parts, truncate_left
 from mer.data.hf_inputs import pad_token_ids, prepare_audio
+from mer.data.manifest import resolve_audio_path
 from mer.errors import UserError
 from mer.features.extraction import BAD_ROW, Group, Log, extract
 from mer.features.hf_encoders import (
@@ -127,23 +135,23 @@ def _exc_line(exc: BaseException) -> str:
 
 
 def _probe_audio(items: list[Item], base: Path, target_sr: int, max_s: float, min_samples: int,
-                 log: Log) -> list[Item]:
+                 log: Log, allow_absolute: bool = False) -> list[Item]:
     """Resolve each row's WAV and read its header; rows that cannot be used are reported and dropped."""
     kept = []
     for it in items:
         rid = it.row["id"]
-        rel = it.row.get("audio_path")
-        if not isinstance(rel, str) or not rel:
-            log.fail(rid, BAD_ROW, f"id {rid}: the manifest row has no audio_path")
+        try:  # relative to the manifest's folder and inside it (absolute paths only when allowed)
+            path = resolve_audio_path(base, it.row.get("audio_path"), allow_absolute)
+        except ValueError as exc:
+            log.fail(rid, BAD_ROW, f"id {rid}: {exc}")
             continue
-        path = base / rel  # relative to the manifest's folder (an absolute path stays as it is)
         if not path.is_file():
             log.fail(rid, MISSING_FILE, f"{path}: audio file not found")
             continue
         try:
             info = sf.info(str(path))
         except (RuntimeError, OSError) as exc:
-            log.fail(rid, UNREADABLE, f"{path}: cannot decode audio ({_exc_line(exc)})")
+            log.fail(rid, UNREADABLE, f"{path}: {not_audio_reason(path) or f'cannot decode audio ({_exc_line(exc)})'}")
             continue
         seconds = min(info.frames / info.samplerate, max_s) if info.samplerate else 0.0
         n = int(round(seconds * target_sr))
@@ -173,6 +181,7 @@ class HFOptions:
     batch_size: int = 8
     sort: bool = True
     device: str = "auto"
+    allow_absolute_paths: bool = False  # read audio_path values that are absolute (not part of the store's identity)
 
     def check(self) -> None:
         if not self.audio_model and not self.text_model:
@@ -303,7 +312,8 @@ class HFExtractor:
             _tokenize(enc, rows, todo_ix, items, opts.context)
         if enc.audio_model is not None:
             n = len(items)
-            items = _probe_audio(items, root, enc.target_sr, opts.max_audio_s, enc.min_samples, log)
+            items = _probe_audio(items, root, enc.target_sr, opts.max_audio_s, enc.min_samples, log,
+                                 opts.allow_absolute_paths)
             bar.update(n - len(items))
         if opts.sort:
             key = (lambda it: it.n_samples) if enc.audio_model is not None else (lambda it: len(it.token_ids))
@@ -372,4 +382,4 @@ def extract_hf(manifest: Path, out: Path, opts: HFOptions, *, memmap: Path | Non
     opts.check()
     extractor = HFExtractor(opts, select_device(opts.device, "--device"))
     return extract(extractor, manifest, out, overwrite=overwrite, memmap=memmap, quiet=quiet,
-                   needs_audio=bool(opts.audio_model))
+                   needs_audio=bool(opts.audio_model), allow_absolute_paths=opts.allow_absolute_paths)

@@ -62,7 +62,8 @@ class OpenSmileStoreExtractor:
 
 
 def extract_opensmile(manifest: Path, out: Path, feature_set: str, *, jobs: int | None = None,
-                      memmap: Path | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
+                      memmap: Path | None = None, overwrite: bool = False, quiet: bool = False,
+                      allow_absolute_paths: bool = False) -> dict:
     """The openSMILE functionals store of a manifest (resumable); the report."""
     return extract(OpenSmileStoreExtractor(feature_set, jobs), manifest, out, overwrite=overwrite, memmap=memmap,
-                   quiet=quiet)
+                   quiet=quiet, allow_absolute_paths=allow_absolute_paths)

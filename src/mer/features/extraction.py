@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from mer.data.manifest import manifest_sha256, read_manifest
+from mer.data.manifest import audio_path_problem, manifest_sha256, read_manifest, resolve_manifest_arg
 from mer.errors import UserError
 from mer.features.memmap import MEMMAP_JSON, build_memmap, memmap_is_current
 from mer.features.store import FeatureStoreWriter
@@ -90,11 +90,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def row_problem(row: dict, root: Path, needs_audio: bool = True) -> tuple[str, str] | None:
-    """A reason not to read this row at all (its audio_path or text field is malformed), or None."""
+def row_problem(row: dict, root: Path, needs_audio: bool = True,
+                allow_absolute: bool = False) -> tuple[str, str] | None:
+    """A reason not to read this row at all (its audio_path is malformed or outside the manifest's folder `root`,
+    see `mer.data.manifest.audio_path_problem`; its text field is not a string), or None."""
     rid, ap, text = row["id"], row.get("audio_path"), row.get("text")
-    if needs_audio and (not isinstance(ap, str) or not ap.strip()):
-        return BAD_ROW, f"id {rid}: 'audio_path' is {ap!r}, expected a path relative to {root}"
+    problem = audio_path_problem(ap, allow_absolute) if needs_audio else None
+    if problem:
+        return BAD_ROW, f"id {rid}: {problem} ({root})"
     if text is not None and not isinstance(text, str):
         return BAD_ROW, f"id {rid}: 'text' is {type(text).__name__}, expected a string (\"\" for no text)"
     return None
@@ -115,9 +118,11 @@ def failure_counts(failures: list[dict]) -> str:
 
 
 def extract(extractor: Extractor, manifest: Path, out: Path, *, overwrite: bool = False, memmap: Path | None = None,
-            quiet: bool = False, needs_audio: bool = True) -> dict:
-    """Run `extractor` over the manifest rows not yet in the store `out`; return the report (also written)."""
-    manifest, out = Path(manifest), Path(out)
+            quiet: bool = False, needs_audio: bool = True, allow_absolute_paths: bool = False) -> dict:
+    """Run `extractor` over the manifest rows not yet in the store `out`; return the report (also written).
+    `manifest` may be the builder's output folder; an `audio_path` outside the manifest's folder is a failed row
+    (absolute paths are read with `allow_absolute_paths`)."""
+    manifest, out = resolve_manifest_arg(manifest), Path(out)
     check_memmap_arg(memmap, out)
     t0 = time.perf_counter()
     rows = read_manifest(manifest)
@@ -133,7 +138,7 @@ def extract(extractor: Extractor, manifest: Path, out: Path, *, overwrite: bool 
     for row in rows:
         if row["id"] in done:
             continue
-        problem = row_problem(row, root, needs_audio)
+        problem = row_problem(row, root, needs_audio, allow_absolute_paths)
         if problem:
             log.fail(row["id"], *problem)
         else:
