@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fault, exit code 1, except for official-split datasets where it is a warning), row counts per "
         "dataset x split x label, and transcripts shared across splits (informational).",
     )
-    parser.add_argument("manifest", metavar="MANIFEST", help="meta_manifest.jsonl written by mer-builder")
+    parser.add_argument("manifest", metavar="MANIFEST",
+                        help="meta_manifest.jsonl written by mer-builder, or the folder holding it")
     parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON to OUT")
     parser.add_argument(
         "--official", metavar="NAMES", type=parse_official, default=None,

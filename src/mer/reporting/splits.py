@@ -20,9 +20,8 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from mer.data.manifest import read_manifest
+from mer.data.manifest import read_manifest, resolve_manifest_arg
 from mer.errors import UserError
 
 # Datasets that keep the corpus's own official splits, in which speakers legitimately recur across splits.
@@ -236,8 +235,9 @@ def check_rows(
 
 
 def check_manifest(path: str | os.PathLike, official: Iterable[str] = OFFICIAL_SPLIT_DATASETS) -> SplitReport:
-    """:func:`check_rows` over ``meta_manifest.jsonl``; a missing or unreadable manifest is a UserError."""
-    path = Path(path)
+    """:func:`check_rows` over ``meta_manifest.jsonl`` (or the folder holding it); a missing or unreadable manifest
+    is a UserError."""
+    path = resolve_manifest_arg(path)
     try:
         rows = read_manifest(path)
     except OSError as exc:
@@ -279,9 +279,11 @@ def counts_table(report: SplitReport) -> str:
 
 def format_report(report: SplitReport, max_texts: int = 20) -> str:
     """The human-readable report (what the CLI prints)."""
+    present = {ds.casefold() for ds in report.counts}
+    official = [name for name in report.official if name.casefold() in present]  # only those this manifest has
     out = [f"# Split check: {report.source}", "",
            f"{report.n_rows} rows; official-split datasets (speaker overlap allowed): "
-           f"{', '.join(report.official) or 'none'}", "", "## Counts per dataset x split x label", "",
+           f"{', '.join(official) or 'none in this manifest'}", "", "## Counts per dataset x split x label", "",
            counts_table(report), "", "## Speaker disjointness", ""]
     if report.faults:
         out += [f"FAULT: {f}" for f in report.faults]
