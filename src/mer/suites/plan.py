@@ -22,6 +22,8 @@ import yaml
 
 from mer.config import RESOLVED_NAME, LoadedConfig, load_config, parse_override
 from mer.errors import UserError
+from mer.io import LOCK_NAME
+from mer.recipes.common import TASK_REPORT
 from mer.schema import ExperimentConfig
 from mer.suites.catalogue import PROFILE_OVERRIDES, Step, Suite, build_suites
 from mer.training.checkpoint import training_finished
@@ -31,7 +33,8 @@ FEATURE_STORE = Path("features") / "mfcc_hash"
 FEATURE_MEMMAP = Path("features") / "mfcc_hash_mm"
 DEMO_ENCODERS = {"audio": Path("encoders") / "wavlm", "text": Path("encoders") / "roberta"}
 # what a run folder holds before its first checkpoint: such a folder is a start that died, safe to redo
-START_ONLY = {RESOLVED_NAME, "encoders", "checkpoints", "plots", "metrics_train.csv", "metrics_val.csv"}
+START_ONLY = {RESOLVED_NAME, "encoders", "checkpoints", "plots", "metrics_train.csv", "metrics_val.csv", LOCK_NAME,
+              TASK_REPORT}
 
 # run states
 DONE, NEW, RESUME, EVALUATE, RESTART, BLOCKED = "done", "new", "resume", "evaluate", "restart", "blocked"
@@ -74,6 +77,7 @@ class PlannedRun:
     skip: str | None = None
     state: str = NEW
     detail: str = ""
+    left_out: list[str] = field(default_factory=list)  # eval views the manifest cannot serve (no row selected)
 
     @property
     def name(self) -> str:
@@ -241,6 +245,38 @@ def apply_requirements(runs: list[PlannedRun], present: set[str] | None, where: 
             run.skip = f"its init_from parent {run.step.depends_on} is skipped"
         if run.skip:
             skipped[run.name] = run.skip
+
+
+def apply_view_coverage(runs: list[PlannedRun], manifest: Path) -> None:
+    """Plan only the eval views the manifest can serve: a view that selects no row of it (in the run's task: a MELD
+    view of a corpus without MELD) is left out of that run's `data.eval_views` and named in `left_out`; a run left
+    with no eval view is skipped, with why. Nothing changes while there is no manifest yet."""
+    if not manifest.is_file():
+        return
+    from mer.data.manifest import read_manifest
+    from mer.data.task import task_label_ids
+    from mer.data.views import select_rows
+
+    rows = read_manifest(manifest)
+    for run in runs:
+        if run.skip is not None:
+            continue
+        data = run.cfg.data
+        served = {name: bool(task_label_ids(rows, select_rows(rows, data.views.get(name)), data.task)[0])
+                  for name in data.eval_views}
+        left = [name for name, ok in served.items() if not ok]
+        if not left:
+            continue
+        run.left_out = sorted(set(run.left_out) | set(left))
+        kept = [name for name, ok in served.items() if ok]
+        if not kept:
+            run.skip = f"none of its eval views ({', '.join(left)}) selects a row of {manifest}"
+            continue
+        at = max(i for i, o in enumerate(run.overrides) if o.startswith("data.eval_views="))
+        item = f"data.eval_views={_flow(kept)}"
+        run.overrides = [item if i == at else o for i, o in enumerate(run.overrides)
+                         if i == at or not o.startswith("data.eval_views=")]
+        run.cfg = _load(run.step, run.config, run.overrides).cfg
 
 
 def missing_views(run: PlannedRun) -> list[str]:

@@ -41,6 +41,7 @@ from mer.suites.plan import (
     Paths,
     PlannedRun,
     apply_requirements,
+    apply_view_coverage,
     manifest_corpora,
     missing_views,
     name_filter,
@@ -232,8 +233,9 @@ def print_plan(runs: list[PlannedRun], opts: Options, corpora_note: str) -> None
         status = f"skip: {run.skip}" if run.skip else {NEW: "to run", DONE: "finished: skipped"}.get(
             run.state, f"blocked: {run.detail}" if run.state == BLOCKED else run.detail)
         parent = f"  init_from {run.step.depends_on}" if run.step.depends_on else ""
+        left = f" (left out: {','.join(run.left_out)}: no row in the manifest)" if run.left_out else ""
         print(f"{i:3d}  {run.name:<{width}}  {run.step.entry:<8}  {run.step.config}  "
-              f"eval {','.join(run.eval_views)}{parent}  [{status}]")
+              f"eval {','.join(run.eval_views)}{left}{parent}  [{status}]")
         print(f"     --set {shlex.join(run.overrides)}")
     counts = _counts(runs)
     print(f"\n{len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "blocked"))
@@ -292,6 +294,7 @@ def run_suite(opts: Options, only: list[str], dry_run: bool = False) -> None:
         note = f"manifest corpora: {', '.join(sorted(present))}"
     where = "the demo corpus" if opts.profile == "demo" else str(opts.paths.manifest)
     apply_requirements(runs, present, where)
+    apply_view_coverage(runs, opts.paths.manifest)
     for run in runs:
         if run.skip is None:
             run.state, run.detail = run_state(run)
@@ -311,6 +314,7 @@ def run_suite(opts: Options, only: list[str], dry_run: bool = False) -> None:
         prepare_full_data(opts, runs)
     if (present is None or opts.profile == "demo") and opts.paths.manifest.is_file():
         apply_requirements(runs, manifest_corpora(opts.paths.manifest), where)  # the corpora it really has
+        apply_view_coverage(runs, opts.paths.manifest)
 
     outcomes: list[Outcome] = []
     active = [r for r in runs if r.skip is None]
