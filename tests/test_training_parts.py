@@ -107,12 +107,39 @@ def test_ema_tracks_an_exponential_average_of_weights():
         model.weight.fill_(0.0)
     ema.update_parameters(model)  # first update copies
     expected = torch.zeros_like(model.weight)
-    for step in range(1, 6):
+    for step in range(1, 100):
         with torch.no_grad():
             model.weight.fill_(float(step))
         ema.update_parameters(model)
-        expected = 0.9 * expected + 0.1 * step
+        decay = min(0.9, (1 + step) / (10 + step))  # warmed up: step = the updates averaged before this one
+        expected = decay * expected + (1 - decay) * step
         assert torch.allclose(ema.module.weight, expected)
+    assert decay == 0.9  # the configured decay once warmed up
+
+
+def test_ema_decay_warms_up_so_a_short_run_moves_and_resumes_exactly():
+    # Issue 10, item 25: with decay 0.999 a run of a few dozen steps kept the EMA at its random start.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    ema = make_ema(model, decay=0.999)
+    ema.update_parameters(model)  # the first update copies the weights
+    start = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    for _ in range(6):
+        ema.update_parameters(model)
+    moved = (ema.module.weight - start).mean().item()
+    assert moved > 0.5, moved  # most of the way to the new weights (0.006 without the warm-up)
+
+    # The warm-up step count is part of the EMA's state: a resumed EMA continues exactly.
+    resumed = make_ema(model, decay=0.999)
+    resumed.load_state_dict(ema.state_dict())
+    assert int(resumed.n_averaged) == 7
+    with torch.no_grad():
+        model.weight.mul_(0.5)
+    ema.update_parameters(model)
+    resumed.update_parameters(model)
+    assert torch.equal(ema.module.weight, resumed.module.weight)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():
