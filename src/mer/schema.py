@@ -286,6 +286,15 @@ class LossConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Optional mirrors of the metric CSVs (which stay the source of truth)."""
+
+    tensorboard: bool = False  # <run>/tensorboard/ event files
+    wandb: bool = False  # Weights & Biases, offline mode, under <run>/wandb/
+    every_steps: int = 50  # also the running loss and lr every N optimizer steps (0: per epoch only)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     lr: float = 1e-3
@@ -305,6 +314,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     init_from: str | None = None  # a checkpoint whose model weights initialise this run
     progress: bool = True
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass

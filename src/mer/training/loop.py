@@ -34,10 +34,14 @@ from mer.training.history import append_csv_row, truncate_csv
 from mer.training.losses import build_loss, class_weights
 from mer.training.samplers import build_sampler
 from mer.training.schedulers import build_scheduler
+from mer.training.tracking import Tracker
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict]
 PROGRESS_LINES = 10  # plain progress lines per epoch when the output is not a terminal
 BatchSamplerFn = Callable[[Dataset, Sampler, int], Iterable[list[int]]]
+# A training-batch augmentation drawing from the loop's seeded generator (saved in last.pt: exact resume). It may
+# return mixed inputs with `label_b` + `mix_lambda` (mixup); the loss then mixes the two labels' losses.
+AugmentFn = Callable[[dict, torch.Generator], dict]
 
 
 class TrainingDiverged(UserError):
@@ -150,7 +154,8 @@ class Trainer:
                  metrics_fn: MetricsFn, batch_size: int, eval_batch_size: int, collate_fn=None,
                  num_workers: int = 0, seed: int = 0, checkpoint_extra: dict | None = None,
                  batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
-                 eval_batch_sampler_fn: BatchSamplerFn = default_batch_sampler):
+                 eval_batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
+                 augment_fn: AugmentFn | None = None):
         self.model = model.to(device)
         self.train_set, self.val_set, self.cfg = train_set, val_set, cfg
         self.run_dir, self.labels, self.mode = Path(run_dir), list(labels), mode
@@ -159,6 +164,7 @@ class Trainer:
         self.checkpoint_extra = checkpoint_extra or {}
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.batch_sampler_fn = batch_sampler_fn
+        self.augment_fn = augment_fn  # training batches only, on the device, after train.augment's feature steps
 
         n_classes = len(labels)
         train_labels = np.asarray(train_set.label_ids, dtype=np.int64)
@@ -186,6 +192,7 @@ class Trainer:
         self.early = EarlyStopping(es.patience, es.min_delta, cfg.best_mode, rule=es.mode, window=es.window,
                                    loss_threshold=es.loss_threshold)
         self.start_epoch = 1
+        self.tracker: Tracker | None = None  # set while fit() runs
         self._lock = FolderLock(self.run_dir)  # held from resume() / fit() to the end of fit()
 
         val_sampler = eval_batch_sampler_fn(val_set, SequentialSampler(range(len(val_set))), eval_batch_size)
@@ -263,9 +270,11 @@ class Trainer:
         for step, batch in enumerate(bar, start=1):
             batch = augment_batch(batch, cfg.augment, self.mode, self.aug_gen)
             batch = move_to_device(batch, self.device)
+            if self.augment_fn is not None:
+                batch = self.augment_fn(batch, self.aug_gen)
             with self.precision.autocast(self.device):
                 logits = self.model(batch)
-            loss = self.criterion(logits.float(), batch["label"])
+            loss = self.training_loss(logits.float(), batch)
             if not torch.isfinite(loss):
                 last = self.ckpt_dir / "last.pt"
                 kept = (f"The last good checkpoint is {last}" if last.is_file()
@@ -282,12 +291,23 @@ class Trainer:
             y_true.append(batch["label"].detach().cpu())
             y_pred.append(logits.detach().argmax(-1).cpu())
             bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+            if self.tracker is not None:
+                self.tracker.log_step((epoch - 1) * n_batches + step, loss.item(), self.optimizer.param_groups[0]["lr"])
             if every and (step % every == 0 or step == n_batches):
                 print(f"epoch {epoch}/{cfg.epochs}  step {step}/{n_batches} ({step / n_batches:.0%})  "
                       f"loss {loss_sum / n_seen:.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
         metrics = self.metrics_fn(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy())
         return {"epoch": epoch, "loss": loss_sum / max(1, n_seen), **_scalars(metrics),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def training_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The criterion on the batch's labels; after mixup (`label_b` + `mix_lambda` in the batch),
+        lam * criterion(logits, label) + (1 - lam) * criterion(logits, label_b)."""
+        loss = self.criterion(logits, batch["label"])
+        if "mix_lambda" in batch and "label_b" in batch:
+            lam = float(batch["mix_lambda"])
+            loss = lam * loss + (1.0 - lam) * self.criterion(logits, batch["label_b"])
+        return loss
 
     def _optimizer_step(self) -> None:
         if self.cfg.grad_clip:
@@ -310,9 +330,12 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from `start_epoch` to `train.epochs` (or an early stop), holding the run folder's lock."""
         self._hold_run_dir()
+        self.tracker = Tracker(self.cfg.tracking, self.run_dir)
         try:
             return self._fit()
         finally:
+            self.tracker.close()
+            self.tracker = None
             self._lock.release()
 
     def _fit(self) -> FitResult:
@@ -340,6 +363,7 @@ class Trainer:
                                  "val_metrics": val_row, **self.checkpoint_extra}, self.ckpt_dir / "best.pt")
             append_csv_row(self.run_dir / "metrics_train.csv", train_row)
             append_csv_row(self.run_dir / "metrics_val.csv", val_row)
+            self.tracker.log_epoch(epoch, train_row, val_row)
             save_checkpoint(self._last_state(epoch), self.ckpt_dir / "last.pt")
             history.append({"train": train_row, "val": val_row})
             mark = " *" if is_best else ""
