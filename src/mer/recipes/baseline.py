@@ -24,7 +24,15 @@ from mer.features.joined import open_stores
 from mer.io import atomic_write_text
 from mer.models.registry import MODELS
 from mer.recipes import features
-from mer.recipes.common import RunResult, check_speaker_leakage, missing_eval_views, speakers_line, start
+from mer.recipes.common import (
+    RunResult,
+    check_speaker_leakage,
+    check_task_rows,
+    missing_eval_views,
+    speakers_line,
+    start,
+    write_task_report,
+)
 from mer.schema import ExperimentConfig
 from mer.training.checkpoint import (
     CONFIG_KEY,
@@ -69,11 +77,13 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     train_set = features.open_view(store, cfg, cfg.data.train_view)
     val_set = features.open_view(store, cfg, cfg.data.val_view)
     eval_sets = {name: features.open_view(store, cfg, name) for name in cfg.data.eval_views}
+    task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     notes = check_speaker_leakage(cfg, train_set, eval_sets)
     model, extra = features.build(cfg, store)
     extra.update(features.train_counts(train_set))
     extra.update(features.fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
     run_dir = prepare_run(loaded, resume=resume)
+    write_task_report(run_dir, task_report)
     print(f"run {run_dir}  train {len(train_set)}  val {len(val_set)}  model linear/{cfg.model.linear.kind} "
           f"mode {cfg.model.mode}  features {model.in_dim}")
     for name, ds in (("train", train_set), ("val", val_set), *eval_sets.items()):

@@ -74,6 +74,7 @@ def run_cross_corpus(config: str | Path, overrides: list[str], out: str | Path, 
         run_name = f"train_{_slug(gname)}"
         items = [*overrides, f"data.views={json.dumps(views)}", "data.train_view=cc_train", "data.val_view=cc_val",
                  f"data.eval_views={json.dumps(eval_views)}", "eval.mask_absent_classes=true",
+                 "data.allow_empty_classes=true",  # a corpus lacking a task class: masked at evaluation
                  f"run.name={run_name}", f"run.output_root={json.dumps(str(out / 'runs'))}"]
         run_dir = out / "runs" / run_name
         if not all((run_dir / f"eval_{v}" / "metrics_eval.json").is_file() for v in eval_views):
