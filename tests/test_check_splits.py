@@ -11,7 +11,7 @@ import pytest
 
 from mer.cli.check_splits import main
 from mer.errors import run_cli
-from mer.reporting.splits import check_manifest, check_rows, counts_table
+from mer.reporting.splits import check_manifest, check_rows, counts_table, format_report
 
 ROOT = Path(__file__).resolve().parents[1]
 KIDS = "Kids are talking by the door"
@@ -162,3 +162,18 @@ def test_script_entry_point(tmp_path, leak):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == (1 if leak else 0), proc.stderr
     assert ("speaker RAVDESS/Actor_04 is in 2 splits: train (1 row), test (2 rows)" in proc.stdout) is leak
+
+
+def test_a_tiny_split_or_a_missing_class_is_warned_about_with_the_way_out():
+    rows = []
+    for i in range(60):
+        spk = i % 10
+        split = "train" if spk < 8 else ("val" if spk == 8 else "test")
+        label = ["anger", "joy", "disgust"][i % 3] if split != "val" or i % 3 != 2 else "anger"
+        rows.append({"dataset": "EmoDB", "split": split, "label": label, "speaker": f"EmoDB/{spk:02d}"})
+    report = check_rows(rows)
+    assert report.ok  # warnings, not faults
+    text = "\n".join(report.advice)
+    assert "EmoDB: split test has 1 speaker(s)" in text and "cv.py --folds speakers:5" in text
+    assert "EmoDB: split val has no row of disgust" in text
+    assert "## Split sizes" in format_report(report) and "split_size_advice" in report.to_dict()

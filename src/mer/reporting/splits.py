@@ -30,6 +30,7 @@ LABEL_ORDER = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutra
 SPLIT_ORDER = ("train", "val", "test")
 _REQUIRED = ("dataset", "split", "label")
 _LIST_NAMES = 10  # speakers named per warning line before "and N more"
+MIN_SPLIT_SPEAKERS = 2  # a val/test split with fewer speakers measures one voice, not the task
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class SplitReport:
     seen_in_train: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # ds -> split -> (seen, n)
     faults: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # splits too small to measure the task (few speakers, a training class absent): the protocol advice
+    advice: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +93,7 @@ class SplitReport:
             "official_split_datasets": list(self.official),
             "faults": list(self.faults),
             "warnings": list(self.warnings),
+            "split_size_advice": list(self.advice),
             "labels": list(self.labels),
             "counts": self.counts,
             "speaker_overlaps": [
@@ -197,6 +201,26 @@ def check_rows(
         if no_speaker[ds]:
             report.warnings.append(f"{ds}: {no_speaker[ds]} row(s) without a speaker; not checked for speaker leaks")
 
+    # (1b) splits too small to measure anything general: few speakers, or a training class missing
+    for ds in datasets:
+        if ds.casefold() in official_cf:
+            continue
+        speakers = {sp: per for (d, sp), per in by_speaker.items() if d == ds}
+        train_labels = set(report.counts[ds].get("train", {}))
+        for split in ("val", "test"):
+            if split not in report.counts[ds]:
+                continue
+            n_spk = sum(1 for per in speakers.values() if per.get(split))
+            missing = sorted(train_labels - set(report.counts[ds][split]), key=_label_key)
+            if speakers and n_spk < MIN_SPLIT_SPEAKERS:
+                report.advice.append(
+                    f"{ds}: split {split} has {n_spk} speaker(s): its figures describe that speaker, not the task; "
+                    "cross-validate over speakers instead (python cv.py --config X --folds speakers:5)")
+            if missing:
+                report.advice.append(
+                    f"{ds}: split {split} has no row of {', '.join(missing)} (present in train): those classes are "
+                    "not measured there; cross-validate over speakers (cv.py --folds speakers:5)")
+
     # (3) shared transcripts
     text_splits: dict[str, Counter] = defaultdict(Counter)
     text_datasets: dict[str, set[str]] = defaultdict(set)
@@ -290,6 +314,8 @@ def format_report(report: SplitReport, max_texts: int = 20) -> str:
     else:
         out.append("no speaker leak across splits in speaker-split datasets")
     out += [f"warning: {w}" for w in report.warnings]
+    if report.advice:
+        out += ["", "## Split sizes", "", *(f"warning: {a}" for a in report.advice)]
     out += ["", "## Transcripts shared across splits (informational)", ""]
     if not report.shared_transcripts:
         out.append("no transcript occurs in more than one split")
