@@ -36,6 +36,8 @@ def default_row(i: int, labels: list[str] = EMOTIONS_7) -> dict:
         "source_label": label[:3],
         "dialogue_id": f"dia{i // 10}" if domain == "conversational" else None,
         "turn": i % 10 if domain == "conversational" else None,
+        # the manifest's other carried fields (Contract 1): unknown for toy rows
+        "gender": None, "arousal": None, "valence": None, "dominance": None,
     }
 
 

@@ -76,6 +76,8 @@ class DataConfig:
     # speaker_independent: a speaker shared by the training view and an eval view is an error (official-split
     # corpora such as MELD only warn); speaker_dependent: allowed, and reported as the protocol
     protocol: Literal["speaker_independent", "speaker_dependent"] = "speaker_independent"
+    # dimensional ratings: each corpus's scale [low, high] (IEMOCAP [1, 5] and MSP-Podcast [1, 7] built in)
+    rating_scales: dict[str, list[float]] = field(default_factory=dict)
     # A task label without a single training row is an error (a label list that does not fit the data); true makes
     # it a warning (the class is then never predicted)
     allow_empty_classes: bool = False
@@ -114,6 +116,17 @@ class HFModelConfig:
     freeze: Literal["none", "feature_encoder", "all"] = "feature_encoder"
     gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory, ~30% slower
     max_text_tokens: int | None = None  # token limit per text (None: the text encoder's own limit)
+
+
+@dataclass
+class HeadsConfig:
+    """Output heads beside (or instead of) the categorical one; every model gets them the same way."""
+
+    categorical: bool = True  # False: a dimensional-only task (the task's rows, no class loss)
+    dims: list[str] = field(default_factory=list)  # regression over any of arousal, valence, dominance
+    gender: bool = False  # an auxiliary speaker-gender head (manifest `gender`; rows without it masked)
+    dim_loss: Literal["ccc", "mse"] = "ccc"  # 1 - CCC per dimension (averaged), or MSE
+    weights: dict[str, float] = field(default_factory=dict)  # loss weights: categorical, dims, gender (1 each)
 
 
 @dataclass
@@ -211,6 +224,7 @@ class ModelConfig:
     text_dim: int | None = None
     hf: HFModelConfig = field(default_factory=HFModelConfig)  # model.name: hf_at only
     linear: LinearConfig = field(default_factory=LinearConfig)  # model.name: linear only
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     frame: FrameConfig = field(default_factory=FrameConfig)  # frame-level audio models (train_frame.py) only
 
 

@@ -140,6 +140,7 @@ class ManifestDataset(Dataset):
         self.audio_samples = n_samples[r]
         self.lengths = (self.audio_samples.copy() if self.use_audio
                         else np.asarray([len(t) for t in self.texts], dtype=np.int64))
+        self.targets = None  # mer.data.targets.Targets: dimensional ratings / gender, when heads need them
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _where(self) -> str:
@@ -211,6 +212,7 @@ class ManifestDataset(Dataset):
             "index": i,
             "audio_mask": bool(self.audio_mask[i]),
             "text_mask": bool(self.text_mask[i]),
+            **(self.targets.item(i) if self.targets is not None else {}),
         }
 
 
@@ -258,4 +260,9 @@ class HFCollator:
                                 [it["current"] for it in items])
             enc = pad_token_ids(self.tokenizer, ids)
             batch["input_ids"], batch["text_attention_mask"] = enc["input_ids"], enc["attention_mask"]
+        if "dims" in items[0]:  # auxiliary heads (mer.data.targets)
+            batch["dims"] = torch.from_numpy(np.stack([it["dims"] for it in items]))
+            batch["dims_mask"] = torch.from_numpy(np.stack([it["dims_mask"] for it in items]))
+        if "gender" in items[0]:
+            batch["gender"] = torch.tensor([it["gender"] for it in items], dtype=torch.long)
         return batch

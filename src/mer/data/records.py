@@ -8,4 +8,5 @@ The builder writes manifest rows (DESIGN.md, Contract 1). A feature store row, a
 from __future__ import annotations
 
 # The manifest fields every feature-store row carries (views and tasks filter on these).
-CARRIED_FIELDS = ["id", "dataset", "split", "domain", "speaker", "label", "source_label", "dialogue_id", "turn"]
+CARRIED_FIELDS = ["id", "dataset", "split", "domain", "speaker", "label", "source_label", "dialogue_id", "turn",
+                  "gender", "arousal", "valence", "dominance"]

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, Dataset, SequentialSampler
 
 from mer.evaluation.metrics import group_metrics
-from mer.evaluation.reports import write_eval_outputs
+from mer.evaluation.reports import write_dimensional_outputs, write_eval_outputs
 from mer.runtime import Precision
 from mer.training.loop import make_loader, predict
 
@@ -30,12 +30,16 @@ def evaluate_view(model: nn.Module, dataset: Dataset, *, out_dir: Path, run_name
     if batch_sampler is None:
         batch_sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
     loader = make_loader(dataset, batch_sampler, collate_fn, num_workers)
-    idx, y_true, probs, losses = predict(model.to(device), loader, device, precision, progress=progress,
+    outputs: dict = {}
+    idx, y_true, probs, losses = predict(model.to(device), loader, device, precision, progress=progress, outputs=outputs,
                                        desc=f"eval {view_name}")
     order = np.argsort(idx, kind="stable")  # predictions.csv in dataset order, whatever the batch order
     idx, y_true, probs = idx[order], y_true[order], probs[order]
+    outputs = {k: v[order] for k, v in outputs.items()}
     labels = list(dataset.labels)
     info = {"loss": losses["ce"], "rows_outside_task": dict(getattr(dataset, "dropped", {}) or {})}
+    if "dims" in outputs or "gender" in outputs:
+        info["dimensional"] = write_dimensional_outputs(Path(out_dir), dataset, idx, outputs, view_name)
     if class_mask is not None:
         mask = np.asarray(class_mask, dtype=bool)
         keep = mask[y_true]

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mer.errors import UserError
+from mer.evaluation.dimensional import dim_metrics
 from mer.evaluation.metrics import compute_metrics, confusion
 from mer.io import atomic_write, atomic_write_text
 
@@ -164,6 +165,42 @@ def write_heatmap(values: np.ndarray, rows: list[str], cols: list[str], path: st
     path = Path(path)
     _save_figure(fig, path)
     return path
+
+
+def write_dimensional_outputs(out_dir: Path, dataset, idx: np.ndarray, outputs: dict, view_name: str) -> dict:
+    """The dimensional (and gender) heads of one view: metrics (CCC, Pearson r, RMSE on each corpus's own scale,
+    over the rated rows), `dims_predictions.csv` (true and predicted ratings on the corpus scale; empty where a row
+    has no rating) and a predicted-vs-true scatter PNG per dimension."""
+    targets = dataset.targets
+    names = list(targets.names) if targets is not None else []
+    scaled = None
+    if "dims" in outputs and targets is not None:
+        scaled = (targets.to_scale(outputs["dims"], idx), targets.to_scale(outputs["target_dims"], idx))
+    metrics = dim_metrics(outputs, names, scaled)
+    out_dir = Path(out_dir)
+    if scaled is not None:
+        pred, true = scaled
+        mask = outputs["target_dims_mask"].astype(bool)
+        header = ["id", "dataset", *(f"true_{n}" for n in names), *(f"pred_{n}" for n in names)]
+        rows = [[dataset.ids[i], dataset.meta[i].get("dataset"),
+                 *("" if not mask[r, k] else f"{true[r, k]:.4f}" for k in range(len(names))),
+                 *(f"{pred[r, k]:.4f}" for k in range(len(names)))] for r, i in enumerate(idx)]
+        atomic_write_text(out_dir / "dims_predictions.csv", _csv_text(header, rows))
+        fig = Figure(figsize=(4.2 * len(names), 4.0))
+        for k, name in enumerate(names):
+            ax = fig.add_subplot(1, len(names), k + 1)
+            m = mask[:, k]
+            ax.scatter(true[m, k], pred[m, k], s=8, alpha=0.5)
+            lo, hi = (float(min(true[m, k].min(), pred[m, k].min())), float(max(true[m, k].max(), pred[m, k].max()))) \
+                if m.any() else (0.0, 1.0)
+            ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+            ccc = metrics.get(f"ccc_{name}")
+            ax.set_title(f"{name}: CCC {ccc:.3f}" if ccc is not None else name)
+            ax.set_xlabel("true (corpus scale)")
+            ax.set_ylabel("predicted")
+        fig.suptitle(f"{view_name}: predicted vs true ratings")
+        _save_figure(fig, out_dir / "dims_scatter.png")
+    return metrics
 
 
 # --------------------------------------------------------------------------- training curves

@@ -68,6 +68,7 @@ class FeatureDataset(Dataset):
         self._audio: np.ndarray | None = None
         self._text: np.ndarray | None = None
         self.stats: dict[str, np.ndarray] | None = None
+        self.targets = None  # mer.data.targets.Targets: dimensional ratings / gender, when heads need them
         if preload:
             self._audio, self._text = self.store.get_rows(self.store_indices)
 
@@ -160,6 +161,7 @@ class FeatureDataset(Dataset):
             "index": pos_t,
             "audio_mask": torch.full((b,), self._audio_mask, dtype=torch.bool),
             "text_mask": torch.full((b,), self._text_mask, dtype=torch.bool),
+            **(self.targets.batch(pos) if self.targets is not None else {}),
         }
 
     def __getitem__(self, i: Any) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from torch import nn
 
 from mer.errors import UserError
+from mer.models.heads import attach_heads
 from mer.schema import ModelConfig
 
 MODELS: dict[str, type[nn.Module]] = {}
@@ -84,7 +85,12 @@ def build_model(
         if value <= 0:
             raise UserError(f"{key} must be > 0; got {value}")
     resolved = dataclasses.replace(cfg, audio_dim=dims["audio"], text_dim=dims["text"])
-    return MODELS[cfg.name](resolved, n_classes, **model_kwargs)
+    model = MODELS[cfg.name](resolved, n_classes, **model_kwargs)
+    if cfg.heads.dims or cfg.heads.gender or not cfg.heads.categorical:
+        if getattr(MODELS[cfg.name], "fitted_by_sklearn", False):
+            raise UserError(f"config key 'model.heads': the {cfg.name} baseline has the categorical head only")
+        model = attach_heads(model, n_classes, cfg.heads)
+    return model
 
 
 def model_summary(model: nn.Module) -> dict:

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from mer.config import load_config
+from mer.data.targets import Targets
 from mer.errors import UserError
+from mer.evaluation.dimensional import dim_metric_names, dim_metrics
 from mer.evaluation.metrics import VAL_METRICS, compute_metrics, lower_is_better
 from mer.evaluation.reports import plot_curves
 from mer.io import atomic_write_text, remove_stale_temps
@@ -47,6 +49,8 @@ def check_train_config(cfg: ExperimentConfig) -> None:
     a bad one is a one-line UserError naming the key (rather than a traceback or a failure after an epoch)."""
     train, data = cfg.train, cfg.data
     best_mode = "min" if lower_is_better(train.best_metric) else "max"
+    heads = cfg.model.heads
+    allowed = (*VAL_METRICS, *dim_metric_names(heads.dims), *(["gender_acc"] if heads.gender else []))
     checks = [
         ("train.epochs", train.epochs, train.epochs >= 1, ">= 1"),
         ("train.grad_accum", train.grad_accum, train.grad_accum >= 1, ">= 1"),
@@ -55,7 +59,7 @@ def check_train_config(cfg: ExperimentConfig) -> None:
         ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0"),
         ("train.lr", train.lr, train.lr >= 0, ">= 0"),
         ("train.weight_decay", train.weight_decay, train.weight_decay >= 0, ">= 0"),
-        ("train.best_metric", train.best_metric, train.best_metric in VAL_METRICS, f"one of {', '.join(VAL_METRICS)}"),
+        ("train.best_metric", train.best_metric, train.best_metric in allowed, f"one of {', '.join(allowed)}"),
         ("train.ema.decay", train.ema.decay, 0.0 <= train.ema.decay <= 1.0, "in [0, 1]"),
         ("train.loss.label_smoothing", train.loss.label_smoothing, 0.0 <= train.loss.label_smoothing <= 1.0,
          "in [0, 1]"),
@@ -120,8 +124,10 @@ def finished_before(run_dir: Path, cfg: ExperimentConfig) -> bool:
 def fit(model: nn.Module, train_set, val_set, cfg: ExperimentConfig, *, run_dir: Path, device: torch.device,
         precision: Precision, collate_fn, checkpoint_extra: dict, resume: bool,
         batch_sampler_fn: Callable = default_batch_sampler,
-        eval_batch_sampler_fn: Callable = default_batch_sampler) -> tuple[nn.Module, FitResult, float]:
-    """Train through the one loop (resuming from `last.pt` when asked); write the curves. (model, result, seconds)."""
+        eval_batch_sampler_fn: Callable = default_batch_sampler,
+        augment_fn: Callable | None = None) -> tuple[nn.Module, FitResult, float]:
+    """Train through the one loop (resuming from `last.pt` when asked); write the curves. (model, result, seconds).
+    `augment_fn(batch, generator) -> batch`: a training-batch augmentation drawing from the loop's generator."""
     labels = list(train_set.labels)
     trainer = Trainer(model, train_set, val_set, cfg.train, run_dir=run_dir, labels=labels, mode=cfg.model.mode,
                       device=device, precision=precision,
@@ -129,7 +135,8 @@ def fit(model: nn.Module, train_set, val_set, cfg: ExperimentConfig, *, run_dir:
                       batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                       collate_fn=collate_fn, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
                       checkpoint_extra=checkpoint_extra, batch_sampler_fn=batch_sampler_fn,
-                      eval_batch_sampler_fn=eval_batch_sampler_fn)
+                      eval_batch_sampler_fn=eval_batch_sampler_fn, augment_fn=augment_fn, heads=cfg.model.heads,
+                      outputs_metrics_fn=lambda outputs: dim_metrics(outputs, cfg.model.heads.dims))
     if resume:
         trainer.resume()
         print(f"resumed after epoch {trainer.start_epoch - 1}")
@@ -275,3 +282,14 @@ def write_task_report(run_dir: Path, report: dict) -> Path:
     path = Path(run_dir) / TASK_REPORT
     atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def attach_targets(cfg: ExperimentConfig, train_set, others, require_first: bool = True) -> None:
+    """With dimensional or gender heads (`model.heads`), give every dataset its auxiliary targets (ratings
+    normalised per corpus scale, `mer.data.targets`); the training view must have rated rows."""
+    heads = cfg.model.heads
+    if not (heads.dims or heads.gender):
+        return
+    for i, ds in enumerate((train_set, *others)):
+        ds.targets = Targets(ds.meta, heads.dims, cfg.data.rating_scales, heads.gender,
+                             where=f"view {getattr(ds, 'view_name', '')!r}", require=require_first and i == 0)

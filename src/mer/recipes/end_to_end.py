@@ -30,6 +30,7 @@ from mer.models import build_model, model_summary
 from mer.models.hf_at import HFEncoders, encoders_from_files, load_hf_encoders, save_encoder_files
 from mer.recipes.common import (
     RunResult,
+    attach_targets,
     check_speaker_leakage,
     check_task_rows,
     check_train_config,
@@ -190,6 +191,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: open_view(cfg, rows, manifest, name, encoders) for name in cfg.data.eval_views}
     task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     labels = train_set.labels
     model = build_model(cfg.model, len(labels), encoders=encoders)
     if cfg.train.init_from and not resume:
@@ -251,6 +253,7 @@ def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *,
     rows = read_rows(manifest)
     model, encoders, state = model_from_run(run_dir, checkpoint)
     datasets = {name: open_view(cfg, rows, manifest, name, encoders) for name in views}
+    attach_targets(cfg, next(iter(datasets.values())), list(datasets.values())[1:], require_first=False)
     for ds in datasets.values():
         check_labels(state, ds.labels, Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     return evaluate_datasets(model, datasets, make_collator(cfg, encoders), run_dir=run_dir, checkpoint=checkpoint,

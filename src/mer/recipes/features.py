@@ -22,6 +22,7 @@ from mer.models import build_model
 from mer.models.registry import MODE_MODALITIES
 from mer.recipes.common import (
     RunResult,
+    attach_targets,
     check_speaker_leakage,
     check_task_rows,
     check_train_config,
@@ -167,6 +168,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: open_view(store, cfg, name) for name in cfg.data.eval_views}
     task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     model, extra = build(cfg, store)
     extra.update(train_counts(train_set))
     extra.update(fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
@@ -205,5 +207,6 @@ def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *,
     check_config(cfg, "evaluate.py")
     source = open_stores(store, []) if store else open_stores(cfg.data.store, cfg.data.stores)
     datasets = {name: open_view(source, cfg, name) for name in views}
+    attach_targets(cfg, next(iter(datasets.values())), list(datasets.values())[1:], require_first=False)
     return evaluate_datasets(run_dir, datasets, cfg, checkpoint=checkpoint, device=dev, precision=precision,
                              batch_size=batch_size, progress=progress)

@@ -24,14 +24,15 @@ from tqdm.auto import tqdm
 
 from mer.errors import UserError
 from mer.io import FolderLock, remove_stale_temps
+from mer.models.heads import logits_of
 from mer.runtime import Precision, rng_state, set_rng_state
-from mer.schema import TrainConfig
+from mer.schema import HeadsConfig, TrainConfig
 from mer.training.augmentation import augment_batch
 from mer.training.checkpoint import EPOCH_KEY, RESUME_KEYS, load_checkpoint, save_checkpoint
 from mer.training.early_stopping import EarlyStopping
 from mer.training.ema import make_ema
 from mer.training.history import append_csv_row, truncate_csv
-from mer.training.losses import build_loss, class_weights
+from mer.training.losses import aux_loss, build_loss, class_weights
 from mer.training.samplers import build_sampler
 from mer.training.schedulers import build_scheduler
 from mer.training.tracking import Tracker
@@ -111,28 +112,47 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_overrides:
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable[dict], device: torch.device, precision: Precision,
             progress: bool = False, desc: str = "eval", criterion: nn.Module | None = None,
+            outputs: dict | None = None, total_loss=None,
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Run `model` over `loader` in eval mode: (dataset positions, labels, softmax probabilities, losses).
 
     `losses` holds `loss`, the mean of `criterion` (the training criterion: class weights, label smoothing or
-    focal loss as configured; plain cross-entropy when None), and `ce`, the mean plain cross-entropy."""
+    focal loss as configured; plain cross-entropy when None; `total_loss(out, batch)` instead when given, e.g. with
+    auxiliary heads), and `ce`, the mean plain cross-entropy. With `outputs` (a dict), the auxiliary head outputs
+    of a model with heads (`dims`, `gender` probabilities, `dims` / `dims_mask` / `gender` targets) are collected
+    into it as numpy arrays, in the batches' order (the positions are the first return value)."""
     model.eval()
     idx, labels, probs, loss_sum, ce_sum, n = [], [], [], 0.0, 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and is_terminal(sys.stderr))):
         batch = move_to_device(batch, device)
         with precision.autocast(device):
-            logits = model(batch)
-        logits = logits.float()
+            out = model(batch)
+        logits = logits_of(out).float()
         bs = logits.shape[0]
         ce = nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
         ce_sum += ce
-        loss_sum += criterion(logits, batch["label"]).item() * bs if criterion is not None else ce
+        if total_loss is not None:
+            loss_sum += total_loss(out, batch).item() * bs
+        else:
+            loss_sum += criterion(logits, batch["label"]).item() * bs if criterion is not None else ce
+        if outputs is not None and isinstance(out, dict):
+            for key in ("dims", "gender"):
+                if key in out:
+                    value = out[key].float()
+                    outputs.setdefault(key, []).append((value if key == "dims" else torch.softmax(value, -1)).cpu())
+            for key in ("dims", "dims_mask", "gender"):
+                if key in batch:
+                    outputs.setdefault(f"target_{key}", []).append(batch[key].cpu())
         n += bs
         idx.append(batch["index"].cpu())
         labels.append(batch["label"].cpu())
         probs.append(torch.softmax(logits, dim=-1).cpu())
     if n == 0:
         raise UserError("cannot evaluate an empty view")
+    if outputs is not None:
+        for key in list(outputs):
+            if isinstance(outputs[key], list):
+                outputs[key] = torch.cat(outputs[key]).numpy()
     return (torch.cat(idx).numpy(), torch.cat(labels).numpy(), torch.cat(probs).numpy(),
             {"loss": loss_sum / n, "ce": ce_sum / n})
 
@@ -155,8 +175,12 @@ class Trainer:
                  num_workers: int = 0, seed: int = 0, checkpoint_extra: dict | None = None,
                  batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
                  eval_batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
-                 augment_fn: AugmentFn | None = None):
+                 augment_fn: AugmentFn | None = None, heads: HeadsConfig | None = None,
+                 outputs_metrics_fn: Callable[[dict], dict] | None = None):
         self.model = model.to(device)
+        self.heads = heads or HeadsConfig()
+        self.has_aux_heads = bool(self.heads.dims or self.heads.gender or not self.heads.categorical)
+        self.outputs_metrics_fn = outputs_metrics_fn  # validation metrics of the auxiliary heads' outputs
         self.train_set, self.val_set, self.cfg = train_set, val_set, cfg
         self.run_dir, self.labels, self.mode = Path(run_dir), list(labels), mode
         self.device, self.precision, self.metrics_fn = device, precision, metrics_fn
@@ -273,8 +297,9 @@ class Trainer:
             if self.augment_fn is not None:
                 batch = self.augment_fn(batch, self.aug_gen)
             with self.precision.autocast(self.device):
-                logits = self.model(batch)
-            loss = self.training_loss(logits.float(), batch)
+                out = self.model(batch)
+            logits = logits_of(out)
+            loss = self.total_loss(out, batch)
             if not torch.isfinite(loss):
                 last = self.ckpt_dir / "last.pt"
                 kept = (f"The last good checkpoint is {last}" if last.is_file()
@@ -300,6 +325,18 @@ class Trainer:
         return {"epoch": epoch, "loss": loss_sum / max(1, n_seen), **_scalars(metrics),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
+    def total_loss(self, out, batch: dict) -> torch.Tensor:
+        """The training objective: the class criterion (weighted; absent for a dimensional-only task) plus the
+        auxiliary heads' weighted losses (`model.heads`)."""
+        heads = self.heads
+        loss = None
+        if heads.categorical:
+            loss = heads.weights.get("categorical", 1.0) * self.training_loss(logits_of(out).float(), batch)
+        aux = aux_loss(out, batch, heads)
+        if aux is not None:
+            loss = aux if loss is None else loss + aux
+        return loss
+
     def training_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """The criterion on the batch's labels; after mixup (`label_b` + `mix_lambda` in the batch),
         lam * criterion(logits, label) + (1 - lam) * criterion(logits, label_b)."""
@@ -322,10 +359,13 @@ class Trainer:
             self.scheduler.step()
 
     def _validate(self, epoch: int) -> dict:
+        outputs: dict = {}
         _, y_true, probs, losses = predict(self._eval_model(), self.val_loader, self.device, self.precision,
-                                           criterion=self.criterion)
+                                           criterion=self.criterion, outputs=outputs,
+                                           total_loss=self.total_loss if self.has_aux_heads else None)
         metrics = self.metrics_fn(y_true, probs.argmax(-1))
-        return {"epoch": epoch, **losses, **_scalars(metrics)}
+        extra = self.outputs_metrics_fn(outputs) if self.outputs_metrics_fn is not None and outputs else {}
+        return {"epoch": epoch, **losses, **_scalars(metrics), **extra}
 
     def fit(self) -> FitResult:
         """Train from `start_epoch` to `train.epochs` (or an early stop), holding the run folder's lock."""

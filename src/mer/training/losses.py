@@ -105,3 +105,20 @@ def build_loss(cfg: LossConfig, weight: torch.Tensor | None, class_counts=None) 
             raise ValueError("balanced_softmax needs the training view's class counts")
         return BalancedSoftmaxLoss(class_counts, cfg.label_smoothing)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def aux_loss(out, batch: dict, heads) -> torch.Tensor | None:
+    """The weighted losses of the auxiliary heads (`model.heads`): 1 - CCC (or MSE) over the rated entries of
+    `dims`, cross-entropy of `gender` over the rows with a known gender; None when the model has no such head."""
+    if not isinstance(out, dict):
+        return None
+    weights, total = heads.weights, None
+    if "dims" in out:
+        fn = ccc_loss if heads.dim_loss == "ccc" else masked_mse
+        total = weights.get("dims", 1.0) * fn(out["dims"], batch["dims"], batch["dims_mask"])
+    if "gender" in out:
+        known = batch["gender"] >= 0
+        g = (F.cross_entropy(out["gender"].float()[known], batch["gender"][known]) if bool(known.any())
+             else out["gender"].sum() * 0.0)
+        total = weights.get("gender", 1.0) * g if total is None else total + weights.get("gender", 1.0) * g
+    return total
