@@ -8,10 +8,14 @@ One name per concept, in items and batches alike:
   (a model masks an absent modality out; modality dropout clears these in training);
 - ``audio`` / ``text`` [B, dim] float32: pooled feature vectors (feature-store track);
 - ``input_values`` [B, S] float32 + ``audio_attention_mask`` [B, S] (1 = a real sample, right padding) and
-  ``input_ids`` [B, L] int64 + ``text_attention_mask`` [B, L]: encoder inputs (end-to-end track).
+  ``input_ids`` [B, L] int64 + ``text_attention_mask`` [B, L]: encoder inputs (end-to-end track);
+- ``input_values`` + ``audio_attention_mask`` as raw waveforms, each clip's own samples, no normalisation
+  (frame-level track: the models' front ends normalise); ``audio`` stays the pooled vector of the feature track;
+- training only, after mixup: ``label_b`` [B] int64 (the class of the clip mixed in) and ``mix_lambda`` (a float:
+  the weight of ``label``); the loop's loss is then ``lam * loss(label) + (1 - lam) * loss(label_b)``.
 
 A model is a ``torch.nn.Module`` whose ``forward(batch)`` returns logits [B, n_classes]. Keys a model does not
-read are ignored by it; the loop reads only ``label`` and ``index``.
+read are ignored by it; the loop reads only ``label`` and ``index`` (and, after mixup, ``label_b`` + ``mix_lambda``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ class AudioTextBatch(CommonBatch, total=False):
     audio_attention_mask: Tensor  # [B, S] int64, 1 = a real sample
     input_ids: Tensor  # [B, L] int64
     text_attention_mask: Tensor  # [B, L] int64, 1 = a real token
+
+
+class WaveBatch(CommonBatch, total=False):
+    """A batch of `mer.data.wave_batch.WaveCollator` (frame-level track): raw waveforms, right padding."""
+
+    input_values: Tensor  # [B, S] float32, the clips' own samples at 16 kHz (not normalised)
+    audio_attention_mask: Tensor  # [B, S] int64, 1 = a real sample
+    label_b: Tensor  # [B] int64, training batches after mixup only: the label of the clip mixed in
+    mix_lambda: float  # training batches after mixup only: the weight of `label` (1 - it: of `label_b`)
 
 
 class ManifestItem(TypedDict):

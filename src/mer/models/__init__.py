@@ -3,7 +3,7 @@
 Importing this package registers the built-in models; it has no other side effect.
 """
 
-from mer.models import flexible_at, hf_at, linear, robust_at  # noqa: F401  (registers the built-in models)
+from mer.models import flexible_at, frame_registry, hf_at, linear, robust_at  # noqa: F401  (registers the built-in models)
 from mer.models.flexible_at import FlexibleATModel
 from mer.models.hf_at import HFAudioTextModel
 from mer.models.registry import MODELS, build_model, model_summary, register

@@ -58,9 +58,9 @@ class CVPlan:
 
 
 def pool_rows(cfg: ExperimentConfig, pool_view: str | None) -> list[dict]:
-    """The rows cross-validation splits: the store's (feature tracks) or the manifest's (end-to-end) rows that the
+    """The rows cross-validation splits: the store's (feature tracks) or the manifest's (end-to-end, frame) rows that the
     task keeps, within `pool_view` when given."""
-    if track_of(cfg) == "end_to_end":
+    if track_of(cfg) in ("end_to_end", "frame"):  # the tracks that read the manifest's WAVs
         rows = read_manifest(cfg.data.manifest) if cfg.data.manifest else []
     else:
         rows = list(open_stores(cfg.data.store, cfg.data.stores).meta)
