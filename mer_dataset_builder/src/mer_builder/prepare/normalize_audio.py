@@ -26,7 +26,11 @@ output's size and mtime are unchanged; duration and silence limits are re-applie
 peak, so changing `--min-duration` redoes nothing that was already decoded (except files that now pass and
 were never written). The state is appended after every finished chunk, so a killed run resumes where it
 stopped; it is compacted (rewritten atomically) at the end of `normalize_many`. Two runs must not write to
-the same output folder at the same time.
+the same output folder at the same time (`build_dataset` holds a lock on it).
+
+Workers (`mer_builder.workers`) die with the build, even when it is SIGKILLed. On Ctrl-C (or a failed worker)
+the queued chunks are cancelled at once, each worker finishes only the file it is on (then is killed after
+`STOP_GRACE_S`), and what they finished is recorded in the state before the KeyboardInterrupt goes on.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import math
 import os
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,12 +52,14 @@ import soxr
 
 from mer_builder.ffmpeg import ffmpeg_exe
 from mer_builder.prepare.integrity import wav_truncation
+from mer_builder.workers import kill_workers, start_pool, stop_requested
 
 TARGET_SR = 16_000
 FAST_SUFFIXES = frozenset({".wav", ".flac"})
 DEFAULT_MIN_DURATION_S = 0.3
 DEFAULT_SILENCE_PEAK = 1e-3  # -60 dBFS
 STATE_VERSION = 1
+STOP_GRACE_S = 5.0  # after Ctrl-C: how long workers may take to finish the file each is on (then they are killed)
 
 # Short skip categories (the `skip_reason` of a result); `detail` says more.
 UNDECODABLE = "undecodable"
@@ -154,8 +160,8 @@ def _decode_ffmpeg(src: Path, timeout_s: float) -> np.ndarray:
     # `file:` keeps a name with ':' or a leading '-' from being read as a protocol or an option
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", f"file:{src}", "-vn", "-sn", "-dn",
            "-ac", "1", "-ar", str(TARGET_SR), "-sample_fmt", "s16", "-f", "s16le", "pipe:1"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+    try:  # a session of its own: a Ctrl-C meant for the build must not kill it and get the clip recorded as bad
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False, start_new_session=True)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"ffmpeg took longer than {timeout_s:g} s") from exc
     if proc.returncode != 0:
@@ -336,7 +342,14 @@ def default_jobs() -> int:
 
 
 def _run_chunk(chunk: list[tuple[str, str]], options: NormalizeOptions) -> list[dict]:
-    return [asdict(normalize_one(src, dst, options)) for src, dst in chunk]
+    """The results of a chunk, in order; in a worker, only those of the files done before the pool was asked to
+    stop (and the worker exits when its parent is gone)."""
+    done = []
+    for src, dst in chunk:
+        if stop_requested():
+            break
+        done.append(asdict(normalize_one(src, dst, options)))
+    return done
 
 
 def _chunks(items: list, jobs: int, max_chunk: int = 32) -> list[list]:
@@ -385,7 +398,7 @@ def normalize_many(
 
     def finish(idx: list[int], dicts: list[dict]) -> None:
         fresh = []
-        for i, d in zip(idx, dicts, strict=True):
+        for i, d in zip(idx[: len(dicts)], dicts, strict=True):  # a stopped chunk returns its first files only
             res = NormResult(**d)
             results[i] = res
             if state is not None:
@@ -395,22 +408,38 @@ def normalize_many(
         if state is not None:
             state.append(fresh)
         if on_progress:
-            on_progress(len(idx))
+            on_progress(len(dicts))
 
     try:
         if jobs == 1 or len(pending) <= 1:
-            for chunk in _chunks(pending, 1, max_chunk=16):
-                finish([c[0] for c in chunk], _run_chunk([(c[1], c[2]) for c in chunk], options))
+            for i, src, dst in pending:  # recorded file by file: a Ctrl-C loses at most the file being decoded
+                finish([i], _run_chunk([(src, dst)], options))
         elif pending:
             chunks = _chunks(pending, jobs)
-            pool = ProcessPoolExecutor(max_workers=min(jobs, len(chunks)))
+            pool, stop = start_pool(min(jobs, len(chunks)))
+            futures: dict[Future, list[tuple[int, str, str]]] = {}
+            recorded: set[Future] = set()
             try:
-                futures = {pool.submit(_run_chunk, [(c[1], c[2]) for c in ch], options): ch for ch in chunks}
+                for ch in chunks:
+                    futures[pool.submit(_run_chunk, [(c[1], c[2]) for c in ch], options)] = ch
                 for fut in as_completed(futures):
-                    ch = futures[fut]
-                    finish([c[0] for c in ch], fut.result())
-            except BaseException:  # Ctrl-C or a failed worker: drop the queued chunks, keep what is done
-                pool.shutdown(wait=False, cancel_futures=True)
+                    finish([c[0] for c in futures[fut]], fut.result())
+                    recorded.add(fut)  # after: a Ctrl-C inside finish() has the chunk recorded (again) below
+            except BaseException:  # Ctrl-C or a failed worker: stop now, but record what the workers finish
+                stop.set()
+                for fut in futures:  # the queued chunks: at once (a waiter is never told of shutdown's cancels)
+                    fut.cancel()
+                late = None
+                try:
+                    running = [f for f in futures if f not in recorded and not f.cancelled()]
+                    done, late = wait(running, timeout=STOP_GRACE_S)  # each worker ends the file it is on
+                    for fut in done:
+                        if fut.exception() is None:
+                            finish([c[0] for c in futures[fut]], fut.result())
+                finally:
+                    if late is None or late:  # still busy after the grace period (or a second Ctrl-C)
+                        kill_workers(pool)
+                    pool.shutdown(wait=True, cancel_futures=True)  # joined here, not by an exit hook racing it
                 raise
             pool.shutdown()
     finally:
