@@ -316,6 +316,7 @@ def build_dataset(
 
     from mer_builder import __version__
     from mer_builder.prepare.normalize_audio import NormalizeOptions, normalize_many
+    from mer_builder.prepare.split_checks import split_warnings
     from mer_builder.prepare.split_speakers import assign_splits
 
     out = Path(out)
@@ -400,7 +401,8 @@ def build_dataset(
                 "rows": sum(totals.get(corpus.name, {}).values()),
                 "split_method": plan.method.get(corpus.name),
             }
-        warnings = list(plan.warnings)
+        split_checks = split_warnings(stats)
+        warnings = list(plan.warnings) + split_checks
         for name, listed in truncated.items():
             warnings.append(f"{name}: {len(listed)} WAV file(s) hold less audio than their header declares (cut short); "
                             "kept at the length they have (listed under truncated_kept in build_report.json; "
@@ -425,7 +427,8 @@ def build_dataset(
                 "reused_from_earlier_run": n_reused,
             },
             "split": {"ratios": list(ratios), "seed": seed, "iemocap_test_session": iemocap_test_session,
-                      "iemocap_val_session": iemocap_val_session, "warnings": plan.warnings},
+                      "iemocap_val_session": iemocap_val_session, "warnings": plan.warnings,
+                      "checks": split_checks},
             "datasets": ds_reports,
             "warnings": warnings,
         }
