@@ -59,6 +59,7 @@ def test_write_eval_outputs_tiny_case(tmp_path):
         "confusion_matrix.png",
         "metrics_eval.json",
         "predictions.csv",
+        "reliability_diagram.png",
     ]  # and no temp files left behind
 
     assert _read_csv(out / "predictions.csv") == [

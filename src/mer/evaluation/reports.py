@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mer.errors import UserError
+from mer.evaluation.calibration import RELIABILITY_PNG, calibration_record, save_reliability_diagram
 from mer.evaluation.dimensional import dim_metrics
 from mer.evaluation.metrics import compute_metrics, confusion
 from mer.io import atomic_write, atomic_write_text
@@ -69,8 +70,15 @@ def write_eval_outputs(
     view_name: str,
     checkpoint: str,
     extra: dict | None = None,
+    temperature: float | None = None,
 ) -> dict:
-    """Write ``metrics_eval.json``, ``confusion_matrix.csv/.png`` and ``predictions.csv`` into ``out_dir``.
+    """Write ``metrics_eval.json``, ``confusion_matrix.csv/.png``, ``reliability_diagram.png`` and
+    ``predictions.csv`` into ``out_dir``.
+
+    ``metrics_eval.json`` also holds ``ece`` (15 bins) and ``nll`` of ``probs``; with a ``temperature`` (the
+    run's, fitted on its validation view: ``mer.evaluation.calibration``) ``ece_calibrated`` and
+    ``nll_calibrated`` of softmax(log probs / T) as well. Calibration never changes the predictions (argmax), and
+    ``predictions.csv`` keeps the uncalibrated probabilities.
 
     ``probs`` is ``[n, C]`` (C = ``len(labels)``); the prediction is its row-wise argmax. ``extra`` is merged
     into ``metrics_eval.json`` (its keys must not clash with the metric keys). Returns the JSON's dict.
@@ -97,6 +105,7 @@ def write_eval_outputs(
     metrics = compute_metrics(y_true, y_pred, labels)
     result = dict(metrics)
     result.update(run=str(run_name), view=str(view_name), checkpoint=str(checkpoint))
+    result.update(calibration_record(probs, y_true, temperature))
     for key, value in (extra or {}).items():
         if key in result:
             raise ValueError(f"extra: key '{key}' clashes with a metrics_eval.json key")
@@ -112,6 +121,7 @@ def write_eval_outputs(
     cm_rows = [[name, *(int(v) for v in cm[i])] for i, name in enumerate(labels)]
     atomic_write_text(out / "confusion_matrix.csv", _csv_text(["true\\pred", *labels], cm_rows))
     _save_figure(_confusion_figure(cm, labels, f"{run_name} — {view_name}"), out / "confusion_matrix.png")
+    save_reliability_diagram(out / RELIABILITY_PNG, probs, y_true, f"{run_name} — {view_name}", temperature)
 
     pred_rows = [
         [ids[i], labels[int(y_true[i])], labels[int(y_pred[i])], *(float(p) for p in probs[i])]

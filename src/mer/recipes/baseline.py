@@ -24,6 +24,7 @@ from mer.features.joined import open_stores
 from mer.io import atomic_write_text
 from mer.models.registry import MODELS
 from mer.recipes import features
+from mer.recipes.calibrate import calibrate_run
 from mer.recipes.common import (
     RunResult,
     check_speaker_leakage,
@@ -120,6 +121,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
               + ", ".join(f"{r['C']:g}: {r['val_macro_f1']:.3f}" for r in fit.grid))
         result.fit = FitResult(1, float(val_metrics[cfg.train.best_metric]) if cfg.train.best_metric in val_metrics
                                else float(val_metrics["macro_f1"]), 1, False)
+    calibrate_run(run_dir, features.model_from_checkpoint(run_dir, cfg.eval.checkpoint, device, [val_set], cfg),
+                  val_set, train_set, cfg, device=device, precision=precision, collate_fn=features.collate_batch)
     result.results = features.evaluate_datasets(run_dir, {v: eval_sets[v] for v in todo}, cfg,
                                                 checkpoint=cfg.eval.checkpoint, device=device, precision=precision,
                                                 progress=False)

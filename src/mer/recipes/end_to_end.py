@@ -28,6 +28,7 @@ from mer.features.hf_encoders import encoder_fingerprint
 from mer.io import atomic_write_text
 from mer.models import build_model, model_summary
 from mer.models.hf_at import HFEncoders, encoders_from_files, load_hf_encoders, save_encoder_files
+from mer.recipes.calibrate import calibrate_run
 from mer.recipes.common import (
     RunResult,
     attach_targets,
@@ -236,6 +237,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
         state = {TRAIN_COUNTS_KEY: state.get(TRAIN_COUNTS_KEY)}  # frees the weights' copy before evaluation
+        calibrate_run(run_dir, model, val_set, train_set, cfg, device=device, precision=precision, collate_fn=collator,
+                      batch_sampler=sorted_batches(val_set, None, cfg.data.eval_batch_size))
         result.results = evaluate_datasets(model, {v: eval_sets[v] for v in todo}, collator, run_dir=run_dir,
                                            checkpoint=cfg.eval.checkpoint, device=device, precision=precision,
                                            batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers,

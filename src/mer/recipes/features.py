@@ -20,6 +20,7 @@ from mer.features.dataset import FeatureDataset, collate_batch
 from mer.features.joined import open_stores
 from mer.models import build_model
 from mer.models.registry import MODE_MODALITIES
+from mer.recipes.calibrate import calibrate_run
 from mer.recipes.common import (
     RunResult,
     attach_targets,
@@ -195,6 +196,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         _, result.fit, result.train_s = fit(model, train_set, val_set, cfg, run_dir=run_dir, device=device,
                                             precision=precision, collate_fn=collate_batch,
                                             checkpoint_extra={**extra, CONFIG_KEY: to_dict(cfg)}, resume=resume)
+    calibrate_run(run_dir, model_from_checkpoint(run_dir, cfg.eval.checkpoint, device, [val_set], cfg), val_set,
+                  train_set, cfg, device=device, precision=precision, collate_fn=collate_batch)
     result.results = evaluate_datasets(run_dir, {v: eval_sets[v] for v in todo}, cfg, checkpoint=cfg.eval.checkpoint,
                                        device=device, precision=precision, progress=cfg.train.progress)
     return result

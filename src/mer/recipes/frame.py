@@ -41,6 +41,7 @@ from mer.models.frame_registry import (
     save_frame_encoder,
 )
 from mer.models.hf_at import HFEncoders
+from mer.recipes.calibrate import calibrate_run
 from mer.recipes.common import (
     RunResult,
     check_speaker_leakage,
@@ -243,6 +244,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
         del state
+        calibrate_run(run_dir, model, val_set, train_set, cfg, device=device, precision=precision, collate_fn=collator,
+                      batch_sampler=sorted_batches(val_set, None, cfg.data.eval_batch_size))
         result.results = evaluate_datasets(model, {v: eval_sets[v] for v in todo}, cfg, collator, clip_report,
                                            run_dir=run_dir, checkpoint=cfg.eval.checkpoint, device=device,
                                            precision=precision, batch_size=cfg.data.eval_batch_size,
