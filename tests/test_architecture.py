@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mer"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # Lowest first: a module may import its own layer and the layers before it, never one after it.
-LAYERS = ["base", "data", "features", "models", "training", "evaluation", "reporting", "recipes", "suites", "cli"]
+LAYERS = ["base", "data", "features", "models", "training", "evaluation", "reporting", "recipes", "serving", "suites",
+          "cli", "serve"]  # serve: the `python -m mer.serve` entry point (above the CLIs it starts)
 BASE = {"errors", "io", "schema", "config", "runtime", "__init__"}
 
 
