@@ -179,7 +179,9 @@ def make_part(path: str | Path):
 class Predictor:
     """A trained run, ready to predict (see the module doc)."""
 
-    def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str | None = None) -> None:
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
+                 extractor: bool = True) -> None:
+        """`extractor=False`: the feature track without its store's extractor (export: normalized vectors in)."""
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise UserError(f"run directory not found: {self.run_dir}")
@@ -203,7 +205,7 @@ class Predictor:
         stamp = int(path.stat().st_mtime)
         self.model_id = f"{self.run_dir.name}/{checkpoint}@{stamp}"
         if self.track == "features":
-            self._init_features(state)
+            self._init_features(state, extractor)
         elif self.track == "end_to_end":
             self.model, encoders, _ = end_to_end.model_from_run(self.run_dir, checkpoint)
             self.collator = end_to_end.make_collator(self.cfg, encoders)
@@ -218,14 +220,14 @@ class Predictor:
         self.model = self.model.to(self.device).eval()
         self.dim_names = list(self.cfg.model.heads.dims)
 
-    def _init_features(self, state: dict) -> None:
+    def _init_features(self, state: dict, extractor: bool) -> None:
         cfg = self.cfg
         self.model = rebuild_model(state)
         self.model.load_state_dict(eval_weights(state, self.checkpoint))
-        self.parts = [make_part(p) for p in [cfg.data.store, *cfg.data.stores]]
-        audio_dim = sum(p.audio_dim for p in self.parts)
-        text_dim = sum(p.text_dim for p in self.parts)
-        want_a, want_t = state.get("audio_dim"), state.get("text_dim")
+        want_a, want_t = int(state.get("audio_dim") or 0), int(state.get("text_dim") or 0)
+        self.parts = [make_part(p) for p in [cfg.data.store, *cfg.data.stores]] if extractor else []
+        audio_dim = sum(p.audio_dim for p in self.parts) if extractor else want_a
+        text_dim = sum(p.text_dim for p in self.parts) if extractor else want_t
         if (audio_dim, text_dim) != (want_a, want_t):
             raise UserError(f"{self.run_dir}: its store(s) now give {audio_dim}+{text_dim} dims, the model was trained "
                             f"on {want_a}+{want_t} (the store was rebuilt with other settings?)")
@@ -364,9 +366,10 @@ class Predictor:
         return self._run(self.collator(self._items(clips)), [""] * len(clips))
 
 
-def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str | None = None) -> Predictor:
+def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
+                   extractor: bool = True) -> Predictor:
     t0 = time.perf_counter()
-    p = Predictor(run_dir, checkpoint, device)
+    p = Predictor(run_dir, checkpoint, device, extractor)
     p.load_s = time.perf_counter() - t0
     return p
 
