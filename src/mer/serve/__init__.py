@@ -1,0 +1,1 @@
+"""`python -m mer.serve`: the HTTP service (see mer.serving.app; arguments in mer.cli.serve)."""
