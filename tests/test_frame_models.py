@@ -29,6 +29,8 @@ def tiny_models(n_classes=3):
             embedding_dim=12,
             frontend=FRONT,
         ),
+        SmallCNN(n_classes, channels=(4, 8), dropout=0.0, pooling="mean_std", frontend=FRONT, freq_pooling="flatten"),
+        ResNet18Mel(n_classes, base_width=4, pooling="mean_std", frontend=FRONT, freq_pooling="flatten"),
     ]
 
 
@@ -211,3 +213,12 @@ def test_read_waveform_from_end_to_end_batches():
     assert w is wave and n.tolist() == [50, 20]
     with pytest.raises(KeyError):
         read_waveform({"label": torch.zeros(2)})
+
+
+def test_small_cnn_flatten_keeps_the_frequency_bins_apart():
+    model = tiny_models()[-2]
+    assert model.head.in_features == 2 * 8 * 8  # mean+std of 8 channels x 8 bins (32 mels after two 2x2 pools)
+    with pytest.raises(ValueError, match="freq_pooling"):
+        SmallCNN(3, frontend=FRONT, freq_pooling="max")
+    resnet = tiny_models()[-1]  # 32 mels: stem /2 -> 16, max-pool -> 8, three stride-2 stages -> 1
+    assert resnet.head.in_features == 2 * 32 * 1

@@ -145,6 +145,7 @@ class CNNConfig:
 
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     pooling: Literal["mean", "mean_std"] = "mean"
+    freq_pooling: Literal["mean", "flatten"] = "mean"  # flatten: the frequency bins stay apart (pitch position kept)
 
 
 @dataclass
@@ -153,6 +154,7 @@ class ResNetConfig:
 
     base_width: int = 64  # stage widths base_width * (1, 2, 4, 8)
     pooling: Literal["mean", "mean_std"] = "mean"
+    freq_pooling: Literal["mean", "flatten"] = "mean"
     zero_init_residual: bool = False
 
 

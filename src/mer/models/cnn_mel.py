@@ -31,9 +31,13 @@ POOLINGS = ("mean", "mean_std")
 FRONTEND_DEFAULTS = {"n_mels": 80, "normalize": "mean_var"}
 
 
-def _time_pool(x: Tensor, frame_lengths: Tensor, pooling: str) -> Tensor:
-    """[B, C, F', T'] -> mean over frequency -> masked mean (or mean+std) over time: [B, C] or [B, 2C]."""
-    h = x.mean(2).transpose(1, 2)  # [B, T', C]
+FREQ_POOLINGS = ("mean", "flatten")
+
+
+def _time_pool(x: Tensor, frame_lengths: Tensor, pooling: str, freq_pooling: str = "mean") -> Tensor:
+    """[B, C, F', T'] -> mean over frequency ([B, C, T']; "flatten": the F' bins kept as channels, [B, C * F', T'],
+    so the pitch / formant position survives) -> masked mean (or mean+std) over time: [B, D] or [B, 2D]."""
+    h = (x.mean(2) if freq_pooling == "mean" else x.flatten(1, 2)).transpose(1, 2)  # [B, T', D]
     mask = lengths_to_mask(frame_lengths, h.shape[1])
     return masked_mean(h, mask, dim=1) if pooling == "mean" else mean_std_pool(h, mask)
 
@@ -63,8 +67,11 @@ class ConvBNReLU2d(nn.Module):
 class SmallCNN(MelModel):
     """A few conv-BN-ReLU-pool blocks over the log-mel, masked pooling over time, dropout, linear.
 
-    SmallCNN(n_classes, channels=(32, 64, 128, 256), dropout=0.3, pooling="mean", frontend=None)
+    SmallCNN(n_classes, channels=(32, 64, 128, 256), dropout=0.3, pooling="mean", frontend=None,
+             freq_pooling="mean")
     `frontend`: a LogMelFrontend, a dict of its settings (over n_mels=80, normalize="mean_var"), or None.
+    `freq_pooling`: "mean" over the remaining frequency bins (shift-invariant in frequency), or "flatten" (the
+    bins stay apart: the head sees where in frequency a pattern is).
     """
 
     def __init__(
@@ -74,17 +81,24 @@ class SmallCNN(MelModel):
         dropout: float = 0.3,
         pooling: str = "mean",
         frontend: LogMelFrontend | dict | None = None,
+        freq_pooling: str = "mean",
     ) -> None:
         super().__init__()
         _check_pooling(pooling)
+        if freq_pooling not in FREQ_POOLINGS:
+            raise ValueError(f"freq_pooling={freq_pooling!r} is not one of {', '.join(FREQ_POOLINGS)}")
         if not channels or any(int(c) <= 0 for c in channels):
             raise ValueError(f"SmallCNN: channels must be a non-empty list of widths > 0, got {channels!r}")
         self.frontend = make_frontend(frontend, **FRONTEND_DEFAULTS)
-        self.n_classes, self.pooling = n_classes, pooling
+        self.n_classes, self.pooling, self.freq_pooling = n_classes, pooling, freq_pooling
         widths = [1, *[int(c) for c in channels]]
         self.blocks = nn.ModuleList(ConvBNReLU2d(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(widths[-1] * (2 if pooling == "mean_std" else 1), n_classes)
+        bins = self.frontend.n_mels
+        for _ in channels:
+            bins = (bins + 1) // 2  # 2x2 max-pool, ceil mode
+        dim = widths[-1] * (bins if freq_pooling == "flatten" else 1)
+        self.head = nn.Linear(dim * (2 if pooling == "mean_std" else 1), n_classes)
 
     def classify(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
         x, lengths = feats.unsqueeze(1), frame_lengths.to(torch.long)
@@ -95,7 +109,7 @@ class SmallCNN(MelModel):
             x = nn.functional.max_pool2d(x, 2, ceil_mode=True)
             lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
             x = zero_padding(x, lengths_to_mask(lengths, x.shape[-1]))
-        return self.head(self.dropout(_time_pool(x, lengths, self.pooling)))
+        return self.head(self.dropout(_time_pool(x, lengths, self.pooling, self.freq_pooling)))
 
 
 class BasicBlock(nn.Module):
@@ -134,7 +148,8 @@ class ResNet18Mel(MelModel):
     """ResNet-18 over the 1-channel log-mel, masked pooling over time, dropout, linear.
 
     ResNet18Mel(n_classes, base_width=64, dropout=0.0, pooling="mean", zero_init_residual=False,
-    frontend=None) Stage widths: base_width * (1, 2, 4, 8) (64-128-256-512 by default).
+    frontend=None, freq_pooling="mean") Stage widths: base_width * (1, 2, 4, 8) (64-128-256-512 by default).
+    `freq_pooling`: as SmallCNN's ("flatten": the remaining frequency bins stay apart).
     """
 
     layers = (2, 2, 2, 2)
@@ -147,9 +162,12 @@ class ResNet18Mel(MelModel):
         pooling: str = "mean",
         zero_init_residual: bool = False,
         frontend: LogMelFrontend | dict | None = None,
+        freq_pooling: str = "mean",
     ) -> None:
         super().__init__()
         _check_pooling(pooling)
+        if freq_pooling not in FREQ_POOLINGS:
+            raise ValueError(f"freq_pooling={freq_pooling!r} is not one of {', '.join(FREQ_POOLINGS)}")
         if base_width <= 0:
             raise ValueError(f"ResNet18Mel: base_width must be > 0, got {base_width}")
         self.frontend = make_frontend(frontend, **FRONTEND_DEFAULTS)
@@ -164,9 +182,13 @@ class ResNet18Mel(MelModel):
             stages.append(nn.ModuleList(blocks))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
-        self.out_channels = c_in
+        self.out_channels, self.freq_pooling = c_in, freq_pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(c_in * (2 if pooling == "mean_std" else 1), n_classes)
+        bins = self.frontend.n_mels
+        for k, st, pad in [(7, 2, 3), (3, 2, 1)] + [(3, 2, 1)] * (len(self.layers) - 1):  # stem, max-pool, stages
+            bins = (bins + 2 * pad - k) // st + 1
+        dim = c_in * (bins if freq_pooling == "flatten" else 1)
+        self.head = nn.Linear(dim * (2 if pooling == "mean_std" else 1), n_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -190,4 +212,4 @@ class ResNet18Mel(MelModel):
         for stage in self.stages:
             for block in stage:
                 x, lengths = block(x, lengths)
-        return self.head(self.dropout(_time_pool(x, lengths, self.pooling)))
+        return self.head(self.dropout(_time_pool(x, lengths, self.pooling, self.freq_pooling)))

@@ -76,7 +76,8 @@ class CNNSmallModel(_MelAdapter, SmallCNN):
         f = cfg.frame
         fe = make_frontend(f, "mean_var")
         _built("cnn", lambda: SmallCNN.__init__(self, n_classes, channels=list(f.cnn.channels), dropout=cfg.dropout,
-                                                pooling=f.cnn.pooling, frontend=fe))
+                                                pooling=f.cnn.pooling, frontend=fe,
+                                                freq_pooling=f.cnn.freq_pooling))
 
 
 @register("resnet18_mel")
@@ -88,7 +89,8 @@ class ResNet18MelModel(_MelAdapter, ResNet18Mel):
         fe = make_frontend(f, "mean_var")
         _built("resnet", lambda: ResNet18Mel.__init__(self, n_classes, base_width=f.resnet.base_width,
                                                       dropout=cfg.dropout, pooling=f.resnet.pooling,
-                                                      zero_init_residual=f.resnet.zero_init_residual, frontend=fe))
+                                                      zero_init_residual=f.resnet.zero_init_residual, frontend=fe,
+                                                      freq_pooling=f.resnet.freq_pooling))
 
 
 @register("ecapa_tdnn")
