@@ -294,17 +294,18 @@ def test_empty_transcripts_mask_the_text_in_AT_and_are_skipped_and_counted_in_T(
     rows = [json.loads(line) for line in dirs["manifest"].read_text().splitlines()]
     for r in rows[:3]:
         r["text"] = ""
+    # the manifest sits elsewhere than the audio: absolute paths, allowed explicitly
     rows = [{**r, "audio_path": str(dirs["manifest"].parent / r["audio_path"])} for r in rows]
     task, view = TaskConfig(labels=LABELS), ViewConfig(split="train")
-    at = ManifestDataset(tmp_path / "m.jsonl", view, task, mode="AT", rows=rows)
-    t = ManifestDataset(tmp_path / "m.jsonl", view, task, mode="T", rows=rows)
+    at = ManifestDataset(tmp_path / "m.jsonl", view, task, mode="AT", rows=rows, allow_absolute_paths=True)
+    t = ManifestDataset(tmp_path / "m.jsonl", view, task, mode="T", rows=rows, allow_absolute_paths=True)
     empty = {r["id"] for r in rows[:3] if r["split"] == "train"}
     assert len(at) == 16 and {at.ids[i] for i in np.flatnonzero(~at.text_mask)} == empty
     assert len(t) == 16 - len(empty) and t.skipped == {"empty_text": len(empty)}
     assert not empty & set(t.ids)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ManifestDataset(tmp_path / "m.jsonl", view, task, mode="A", rows=rows, context_turns=2)  # has dialogues
+        ManifestDataset(tmp_path / "m.jsonl", view, task, mode="A", rows=rows, context_turns=2, allow_absolute_paths=True)  # has dialogues
 
 
 def test_a_context_window_on_a_corpus_without_dialogues_warns_once(dirs, tmp_path):

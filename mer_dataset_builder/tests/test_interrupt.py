@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 def corpus(tmp_path_factory) -> Path:
     """A folder corpus big enough that a 2-worker build is still decoding when it is signalled."""
     root = tmp_path_factory.mktemp("interrupt") / "Mine"
-    data = tone_wav_bytes(48000, 1, 0.5)  # resampled to 16 kHz: a few ms per file
+    data = tone_wav_bytes(48000, 1, 2.0)  # resampled to 16 kHz: ~10 ms per file, so a loaded machine still signals mid-build
     (root / "anger").mkdir(parents=True)
     for i in range(N_FILES):
         (root / "anger" / f"s{i % 10}_{i:04d}.wav").write_bytes(data)

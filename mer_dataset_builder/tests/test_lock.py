@@ -23,10 +23,14 @@ def _holder(folder: Path, fork_child: bool = False) -> tuple[subprocess.Popen, i
     code = (
         "import os, sys, time\n"
         "from mer_builder.lock import lock_folder\n"
+        "ready_r, ready_w = os.pipe()\n"
         f"with lock_folder({str(folder)!r}):\n"
         f"    child = os.fork() if {fork_child!r} else 0\n"
         f"    if {fork_child!r} and child == 0:\n"
+        "        os.write(ready_w, b'x')  # os.fork has returned here: the at-fork handlers have run\n"
         "        time.sleep(60); os._exit(0)\n"
+        f"    if {fork_child!r}:\n"
+        "        os.read(ready_r, 1)  # the child is past its at-fork handlers before the test kills this process\n"
         "    print('locked', child, flush=True)\n"
         "    time.sleep(60)\n"
     )
