@@ -76,6 +76,9 @@ class DataConfig:
     # speaker_independent: a speaker shared by the training view and an eval view is an error (official-split
     # corpora such as MELD only warn); speaker_dependent: allowed, and reported as the protocol
     protocol: Literal["speaker_independent", "speaker_dependent"] = "speaker_independent"
+    # corpus-aware evaluation (cross-corpus, leave-one-corpus-out): mask from the logits the classes that the
+    # training view or an eval view lacks, and evaluate on the rows of the classes both have
+    mask_absent_classes: bool = False
     # dimensional ratings: each corpus's scale [low, high] (IEMOCAP [1, 5] and MSP-Podcast [1, 7] built in)
     rating_scales: dict[str, list[float]] = field(default_factory=dict)
     # A task label without a single training row is an error (a label list that does not fit the data); true makes
@@ -336,9 +339,6 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     checkpoint: Literal["best", "last"] = "best"
-    # corpus-aware evaluation (cross-corpus, leave-one-corpus-out): mask from the logits the classes that the
-    # training view or the eval view lacks, and evaluate on the rows of the classes both have
-    mask_absent_classes: bool = False
 
 
 @dataclass

@@ -3,7 +3,7 @@
 For each training group G: one ordinary run (the config's recipe) trained on G's `train` split, validated on G's
 `val` split, evaluated on G's `test` split (the in-corpus diagonal) and on every row of each other corpus. Label
 spaces differ between corpora: each evaluation keeps the classes both the training view and the test corpus have
-(`eval.mask_absent_classes`: the other classes are masked from the logits and their rows left out, counted and
+(`data.mask_absent_classes`: the other classes are masked from the logits and their rows left out, counted and
 named in each metrics_eval.json). Output under `<out>/`:
 
     runs/train_<G>/                       the run of each training group
@@ -73,7 +73,7 @@ def run_cross_corpus(config: str | Path, overrides: list[str], out: str | Path, 
         eval_views = ["cc_in_corpus", *(f"cc_{_slug(c)}" for c in tests)]
         run_name = f"train_{_slug(gname)}"
         items = [*overrides, f"data.views={json.dumps(views)}", "data.train_view=cc_train", "data.val_view=cc_val",
-                 f"data.eval_views={json.dumps(eval_views)}", "eval.mask_absent_classes=true",
+                 f"data.eval_views={json.dumps(eval_views)}", "data.mask_absent_classes=true",
                  "data.allow_empty_classes=true",  # a corpus lacking a task class: masked at evaluation
                  f"run.name={run_name}", f"run.output_root={json.dumps(str(out / 'runs'))}"]
         run_dir = out / "runs" / run_name

@@ -139,7 +139,7 @@ def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], co
                       num_workers: int = 0, progress: bool = True, cfg: ExperimentConfig | None = None,
                       state: dict | None = None) -> dict[str, dict]:
     """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}. With `cfg`, the
-    protocol is recorded and (eval.mask_absent_classes, with the checkpoint `state`) classes masked."""
+    protocol is recorded and (data.mask_absent_classes, with the checkpoint `state`) classes masked."""
     results = {}
     for name, ds in datasets.items():
         results[name] = evaluate_view(
@@ -149,7 +149,7 @@ def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], co
             extra={"rows_skipped": ds.skipped, "text_missing": int((~ds.text_mask).sum()) if ds.use_text else 0,
                    "audio_missing": int((~ds.audio_mask).sum()) if ds.use_audio else 0,
                    **({"protocol": protocol_record(cfg)} if cfg is not None else {})},
-            class_mask=class_mask(state or {}, ds, bool(cfg and cfg.eval.mask_absent_classes)),
+            class_mask=class_mask(state or {}, ds, bool(cfg and cfg.data.mask_absent_classes)),
             train_counts=(state or {}).get(TRAIN_COUNTS_KEY))
     return results
 

@@ -150,7 +150,7 @@ def evaluate_datasets(run_dir: Path, datasets: dict[str, FeatureDataset], cfg: E
                                 batch_size=batch_size or cfg.data.eval_batch_size, collate_fn=collate_batch,
                                 num_workers=cfg.data.num_workers, progress=progress,
                                 extra={"protocol": protocol_record(cfg)},
-                                class_mask=class_mask(state, ds, cfg.eval.mask_absent_classes),
+                                class_mask=class_mask(state, ds, cfg.data.mask_absent_classes),
                                 train_counts=state.get(TRAIN_COUNTS_KEY))
             for name, ds in datasets.items()}
 

@@ -132,7 +132,7 @@ def loco_steps() -> tuple[Step, ...]:
             *_view("heldout", dataset=corpus),
             *_view("heldout_test", split="test", dataset=corpus),
             "data.train_view=loco_train", "data.val_view=loco_val",
-            "eval.mask_absent_classes=true",  # corpus-aware: classes the held-out corpus lacks are masked
+            "data.mask_absent_classes=true",  # corpus-aware: classes the held-out corpus lacks are masked
             "data.allow_empty_classes=true",
         )
         steps.append(Step(f"paper_loco_exclude_{corpus}", "train_hf", E2E_ALL, overrides=overrides,
