@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-view", default=None, help="cross-validate only the rows of this view of the config")
     p.add_argument("--ensemble-view", nargs="+", default=[], metavar="VIEW",
                    help="extra held-out views: each fold model is evaluated on them, and the fold ensemble")
+    p.add_argument("--eval-val", action="store_true",
+                   help="also evaluate each fold run on its validation view (eval_cv_val/: for ensemble.py weights)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every fold")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides).cfg
     out = args.out or f"{cfg.run.output_root}/cv_{cfg.run.name}"
     plan = plan_cv(args.config, args.overrides, args.folds, out, seeds, val=_val(args.val),
-                   fold_seed=args.fold_seed, pool_view=args.pool_view, ensemble_views=args.ensemble_view)
+                   fold_seed=args.fold_seed, pool_view=args.pool_view, ensemble_views=args.ensemble_view, eval_val=args.eval_val)
     run_cv(plan, n_boot=args.bootstrap, quiet=args.quiet)
     print("\n" + (plan.out / SUMMARY_MD).read_text(encoding="utf-8"))
     print(f"wrote {plan.out}")

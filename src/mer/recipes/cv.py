@@ -52,6 +52,7 @@ class CVPlan:
     folds: list[Fold]
     seeds: list[int]
     ensemble_views: list[str] = field(default_factory=list)
+    eval_val: bool = False  # also evaluate each fold run on its validation view (eval_cv_val/: ensemble weights)
 
     def run_name(self, fold: Fold, seed: int) -> str:
         return f"{fold.name}_seed{seed}"
@@ -79,7 +80,7 @@ def pool_rows(cfg: ExperimentConfig, pool_view: str | None) -> list[dict]:
 
 def plan_cv(config: str | Path, overrides: list[str], scheme: str, out: str | Path, seeds: list[int],
             val: int | float | str = "next", fold_seed: int = 0, pool_view: str | None = None,
-            ensemble_views: list[str] | None = None) -> CVPlan:
+            ensemble_views: list[str] | None = None, eval_val: bool = False) -> CVPlan:
     """Everything checked before a file is written: the config, the views, the folds."""
     parse_scheme(scheme)
     loaded = load_config(config, overrides)
@@ -91,7 +92,7 @@ def plan_cv(config: str | Path, overrides: list[str], scheme: str, out: str | Pa
     existing = out / FOLDS_JSON
     rows = pool_rows(cfg, pool_view)
     folds = make_folds(rows, f"file:{existing}" if existing.is_file() else scheme, seed=fold_seed, val=val)
-    return CVPlan(Path(config), list(overrides), cfg, out, folds, list(seeds), list(ensemble_views or []))
+    return CVPlan(Path(config), list(overrides), cfg, out, folds, list(seeds), list(ensemble_views or []), eval_val)
 
 
 def _write_fold_views(plan: CVPlan) -> dict[str, dict[str, Path]]:
@@ -143,17 +144,23 @@ def run_cv(plan: CVPlan, n_boot: int = 1000, quiet: bool = False) -> dict:
             name = plan.run_name(fold, seed)
             run_dir = plan.out / "runs" / name
             wanted = [VIEW_NAMES["test"], *plan.ensemble_views]
-            if all((run_dir / f"eval_{v}" / "metrics_eval.json").is_file() for v in wanted):
+            val_view = VIEW_NAMES["val"] if plan.eval_val and fold.val_ids else None
+            done = all((run_dir / f"eval_{v}" / "metrics_eval.json").is_file() for v in wanted)
+            if not done:
+                extra = ["train.progress=false"] if quiet else []
+                loaded = load_config(plan.config, [*_fold_overrides(plan, fold, seed, views[fold.name]), *extra])
+                recipe = recipe_for(loaded.cfg)
+                print(f"\n=== {name}: test {', '.join(fold.test_speakers)}; val "
+                      f"{', '.join(fold.val_speakers) or 'none'}", flush=True)
+                overhead += time.perf_counter() - t0
+                result = recipe.train(loaded, resume=(run_dir / "checkpoints" / "last.pt").is_file())
+                print(result.summary_line(loaded.cfg.train.best_metric))
+            if val_view and not (run_dir / f"eval_{val_view}" / "metrics_eval.json").is_file():
+                # the fold's validation predictions (its training speakers): what ensemble weights are chosen on
+                cfg = load_config(run_dir / "config_resolved.yaml").cfg
+                recipe_for(cfg).evaluate(run_dir, [val_view], cfg.eval.checkpoint, progress=False)
+            elif done:
                 print(f"{name}: finished, skipped")
-                continue
-            extra = ["train.progress=false"] if quiet else []
-            loaded = load_config(plan.config, [*_fold_overrides(plan, fold, seed, views[fold.name]), *extra])
-            recipe = recipe_for(loaded.cfg)
-            print(f"\n=== {name}: test {', '.join(fold.test_speakers)}; val {', '.join(fold.val_speakers) or 'none'}",
-                  flush=True)
-            overhead += time.perf_counter() - t0
-            result = recipe.train(loaded, resume=(run_dir / "checkpoints" / "last.pt").is_file())
-            print(result.summary_line(loaded.cfg.train.best_metric))
     t0 = time.perf_counter()
     summary = summarize(plan, labels, n_boot)
     summary["overhead_s"] = round(overhead + time.perf_counter() - t0, 3)

@@ -1,0 +1,111 @@
+"""Late ensembles of CV folders (ensemble.py): weights chosen on each fold's validation predictions, the combined
+probabilities equal to the rule applied by hand, pooled metrics equal to scikit-learn's, and one-line refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+from test_protocols import LABELS, toy, write_config  # noqa: F401  (the module fixture)
+
+from mer.cli import ensemble as ensemble_cli
+from mer.errors import run_cli
+from mer.recipes.cv import plan_cv, run_cv
+from mer.recipes.ensemble import choose_weights, combine, plan_ensemble, run_ensemble
+
+VIEWS = {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"},
+         "pool": {"split": ["train", "val", "test"]}}
+
+
+def _cv(tmp_path: Path, store: Path, name: str, linear: dict, scheme: str = "speakers:4", eval_val: bool = True):
+    config = write_config(tmp_path / name, store, run={"name": name},
+                          model={"name": "linear", "mode": "A", "linear": linear},
+                          data={"store": str(store), "views": VIEWS})
+    out = tmp_path / f"cv_{name}"
+    run_cv(plan_cv(config, [], scheme, out, seeds=[0], val="next", pool_view="pool", eval_val=eval_val),
+           n_boot=100, quiet=True)
+    return out
+
+
+def _probs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    with path.open(newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: r["id"])
+    return ([r["id"] for r in rows], [r["label"] for r in rows],
+            np.array([[float(r[f"prob_{c}"]) for c in LABELS] for r in rows]))
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory, toy):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("ens")
+    strong = _cv(tmp, toy["store"], "strong", {"kind": "logreg", "Cs": [1.0]})
+    weak = _cv(tmp, toy["store"], "weak", {"kind": "logreg", "Cs": [0.0005]})
+    return tmp, strong, weak
+
+
+def test_cv_eval_val_writes_each_folds_validation_predictions(members):
+    _, strong, _ = members
+    folds = json.loads((strong / "folds.json").read_text())["folds"]
+    for fold in folds:
+        ids, _, _ = _probs(strong / "runs" / f"{fold['name']}_seed0" / "eval_cv_val" / "predictions.csv")
+        assert ids == sorted(fold["val_ids"]) and not set(ids) & set(fold["test_ids"])
+
+
+def test_ensemble_weights_on_validation_and_combined_test_probabilities(members):
+    tmp, strong, weak = members
+    out = tmp / "ens"
+    summary = run_ensemble(plan_ensemble([strong, weak], out), n_boot=100)
+    folds = json.loads((strong / "folds.json").read_text())["folds"]
+    ens = json.loads((out / "ensemble.json").read_text())
+    assert ens["weights_chosen_on"] == "each fold's validation predictions" and ens["equal_weights_because"] is None
+    y_all, p_all = [], []
+    for fold, fw in zip(folds, ens["per_fold_weights"], strict=True):
+        run = f"{fold['name']}_seed0"
+        # the weights maximise validation macro-F1 on the grid; each member alone is a grid point
+        vals = [_probs(m / "runs" / run / "eval_cv_val" / "predictions.csv") for m in (strong, weak)]
+        y_val = np.array([LABELS.index(lab) for lab in vals[0][1]])
+        alone = [f1_score(y_val, v[2].argmax(1), average="macro", labels=range(len(LABELS)), zero_division=0)
+                 for v in vals]
+        assert fw["val_macro_f1"] >= max(alone) - 1e-9
+        w, scores = choose_weights(np.stack([v[2] for v in vals]), y_val)
+        assert list(np.round(w, 6)) == fw["weights"]
+        # the fold's ensemble probabilities: the weighted geometric mean of the members' test probabilities
+        tests = [_probs(m / "runs" / run / "eval_cv_test" / "predictions.csv") for m in (strong, weak)]
+        expected = np.exp(w[0] * np.log(tests[0][2]) + w[1] * np.log(tests[1][2]))
+        expected /= expected.sum(1, keepdims=True)
+        ids, labels, got = _probs(out / "runs" / run / "eval_cv_test" / "predictions.csv")
+        assert ids == sorted(fold["test_ids"])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        y_all += [LABELS.index(lab) for lab in labels]
+        p_all.append(got.argmax(1))
+    ref = f1_score(y_all, np.concatenate(p_all), average="macro", labels=range(len(LABELS)), zero_division=0)
+    assert summary["pooled"]["macro_f1"] == pytest.approx(ref)
+    assert (out / "pooled_test" / "confusion_matrix.csv").is_file()
+    assert "| cv_strong |" in (out / "cv_summary.md").read_text()
+
+
+def test_combine_rules_by_hand():
+    p = np.array([[[0.7, 0.3]], [[0.2, 0.8]]])
+    np.testing.assert_allclose(combine(p, np.array([0.5, 0.5]), "prob"), [[0.45, 0.55]])
+    g = np.sqrt(np.array([0.7 * 0.2, 0.3 * 0.8]))
+    np.testing.assert_allclose(combine(p, np.array([1.0, 1.0]), "logprob"), [g / g.sum()])
+
+
+def test_members_with_other_folds_or_without_validation_are_refused_or_equal(members, toy, capsys):  # noqa: F811
+    tmp, strong, _ = members
+    other = _cv(tmp, toy["store"], "other", {"kind": "logreg", "Cs": [1.0]}, scheme="speakers:5")
+    out = tmp / "ens_bad"
+    assert run_cli(ensemble_cli.main, [str(strong), str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different folds" in err[0] and not out.exists()
+    assert run_cli(ensemble_cli.main, [str(strong), "--out", str(out)]) == 2
+    assert "at least two members" in capsys.readouterr().err
+    # a member without validation predictions: equal weights, and the report says why
+    noval = _cv(tmp, toy["store"], "noval", {"kind": "logreg", "Cs": [0.01]}, eval_val=False)
+    run_ensemble(plan_ensemble([strong, noval], tmp / "ens_eq"), n_boot=50)
+    ens = json.loads((tmp / "ens_eq" / "ensemble.json").read_text())
+    assert "cv.py --eval-val" in ens["equal_weights_because"]
+    assert all(f["weights"] == [0.5, 0.5] for f in ens["per_fold_weights"])
