@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Lowest first: a module may import its own layer and the layers before it, never one after it.
 LAYERS = ["base", "data", "features", "models", "training", "evaluation", "reporting", "recipes", "serving", "suites",
           "cli", "serve"]  # serve: the `python -m mer.serve` entry point (above the CLIs it starts)
-BASE = {"errors", "io", "schema", "config", "runtime", "__init__"}
+BASE = {"errors", "io", "schema", "config", "runtime", "distributed", "__init__"}
 
 
 def layer_of(module: str) -> str:

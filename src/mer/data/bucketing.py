@@ -98,9 +98,10 @@ def bucketed_batch_sampler_fn(bucket_batches: int) -> BatchSamplerFn:
 
 
 def sorted_batches(dataset: Dataset, sampler: Sampler | None, batch_size: int) -> list[list[int]]:
-    """The evaluation `eval_batch_sampler_fn`: every row once, sorted by length (longest first), in batches.
-    `sampler` is ignored (evaluation covers the whole dataset)."""
-    order = _by_length(range(len(dataset)), np.asarray(dataset.lengths))
+    """The evaluation `eval_batch_sampler_fn`: every row of `sampler` (None: of the dataset) once, sorted by length
+    (longest first), in batches. Its order does not matter: a rank's slice of the rows, or all of them."""
+    positions = range(len(dataset)) if sampler is None else [int(i) for i in sampler]
+    order = _by_length(positions, np.asarray(dataset.lengths))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 

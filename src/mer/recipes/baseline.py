@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mer import distributed
 from mer.config import LoadedConfig, prepare_run, to_dict
 from mer.errors import UserError
 from mer.evaluation.metrics import compute_metrics
@@ -74,6 +75,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     cfg = loaded.cfg
     check_config(cfg)
     device, precision = start(cfg)
+    if distributed.world().enabled:
+        raise UserError("model.name 'linear' is fitted by scikit-learn in one process; run it without torchrun")
     store = open_stores(cfg.data.store, cfg.data.stores)
     train_set = features.open_view(store, cfg, cfg.data.train_view)
     val_set = features.open_view(store, cfg, cfg.data.val_view)

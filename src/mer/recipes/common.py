@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mer.config import load_config
+from mer import distributed
+from mer.config import LoadedConfig, load_config, prepare_run
 from mer.data.targets import Targets
 from mer.errors import UserError
 from mer.evaluation.dimensional import dim_metric_names, dim_metrics
@@ -106,10 +107,23 @@ def view_config(cfg: ExperimentConfig, view_name: str) -> ViewConfig:
 
 
 def start(cfg: ExperimentConfig) -> tuple[torch.device, Precision]:
-    """Seed, then choose the device and the precision of a run."""
+    """Seed, join the torchrun process group when launched by torchrun (`mer.distributed`), then choose the device
+    (cuda:LOCAL_RANK per process under torchrun) and the precision of a run."""
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    device = select_device(cfg.run.device)
+    _, device_name = distributed.init(cfg.run.device)
+    device = select_device(device_name)
     return device, resolve_precision(cfg.train.amp, device)
+
+
+def open_run_dir(loaded: LoadedConfig, resume: bool, task_report: dict) -> Path:
+    """Make (or check, on resume) the run folder, write its resolved config and task report: on rank 0 alone under
+    torchrun, the folder's path (or rank 0's one-line error) sent to every rank."""
+    def make() -> Path:
+        run_dir = prepare_run(loaded, resume=resume)
+        write_task_report(run_dir, task_report)
+        return run_dir
+
+    return distributed.run_on_main(make)
 
 
 def finished_before(run_dir: Path, cfg: ExperimentConfig) -> bool:
@@ -143,7 +157,8 @@ def fit(model: nn.Module, train_set, val_set, cfg: ExperimentConfig, *, run_dir:
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
-    plot_curves(run_dir)
+    if distributed.is_main():
+        plot_curves(run_dir)
     model = trainer.model
     del trainer  # frees the optimizer state and the EMA copy before evaluation
     return model, result, seconds

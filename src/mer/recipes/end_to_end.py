@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
+from mer import distributed
 from mer.config import LoadedConfig, make_run_dir, prepare_run, to_dict
 from mer.data.bucketing import bucketed_batch_sampler_fn, padding_fraction, sorted_batches
 from mer.data.manifest import read_manifest
@@ -201,10 +202,14 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
     collator = make_collator(cfg, encoders)
 
-    run_dir = prepare_run(loaded, resume=resume)
-    write_task_report(run_dir, task_report)
-    if not resume:
-        write_encoders(run_dir, cfg, encoders)
+    def make_run_folder() -> Path:
+        run_dir = prepare_run(loaded, resume=resume)
+        write_task_report(run_dir, task_report)
+        if not resume:
+            write_encoders(run_dir, cfg, encoders)
+        return run_dir
+
+    run_dir = distributed.run_on_main(make_run_folder)  # under torchrun: rank 0 writes, every rank gets the path
     summary = model_summary(model)
     print(f"run {run_dir}  device {device}  train {len(train_set)}  val {len(val_set)}  "
           f"model hf_at/{cfg.model.mode}  params {summary['trainable_params']:,} trainable of "
@@ -233,7 +238,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
             model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
             batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches)
-    if todo:
+    if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
         state = {TRAIN_COUNTS_KEY: state.get(TRAIN_COUNTS_KEY)}  # frees the weights' copy before evaluation

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mer.config import LoadedConfig, prepare_run, to_dict
+from mer import distributed
+from mer.config import LoadedConfig, to_dict
 from mer.data.speaker_norm import SpeakerNormalizer, ZStats
 from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
@@ -31,11 +32,11 @@ from mer.recipes.common import (
     fit,
     missing_eval_views,
     open_run,
+    open_run_dir,
     protocol_record,
     speakers_line,
     start,
     view_config,
-    write_task_report,
 )
 from mer.schema import ExperimentConfig
 from mer.training.checkpoint import (
@@ -177,8 +178,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
     split_lr_overrides(model, cfg.train.lr_overrides)  # a bad prefix is an error before anything is written
-    run_dir = prepare_run(loaded, resume=resume)
-    write_task_report(run_dir, task_report)
+    run_dir = open_run_dir(loaded, resume, task_report)
     print(f"run {run_dir}  device {device}  train {len(train_set)}  val {len(val_set)}  "
           f"model {cfg.model.name}/{cfg.model.mode}")
     for name, ds in (("train", train_set), ("val", val_set), *eval_sets.items()):
@@ -196,6 +196,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         _, result.fit, result.train_s = fit(model, train_set, val_set, cfg, run_dir=run_dir, device=device,
                                             precision=precision, collate_fn=collate_batch,
                                             checkpoint_extra={**extra, CONFIG_KEY: to_dict(cfg)}, resume=resume)
+    if not distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
+        return result
     calibrate_run(run_dir, model_from_checkpoint(run_dir, cfg.eval.checkpoint, device, [val_set], cfg), val_set,
                   train_set, cfg, device=device, precision=precision, collate_fn=collate_batch)
     result.results = evaluate_datasets(run_dir, {v: eval_sets[v] for v in todo}, cfg, checkpoint=cfg.eval.checkpoint,

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mer import distributed
 from mer.config import LoadedConfig, make_run_dir, prepare_run, to_dict
 from mer.data.bucketing import bucketed_batch_sampler_fn, sorted_batches
 from mer.data.manifest import read_manifest
@@ -210,11 +211,15 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     if resume and (existing / ENCODERS_DIR / "encoders.json").is_file():
         enc_info = json.loads((existing / ENCODERS_DIR / "encoders.json").read_text(encoding="utf-8"))
 
-    run_dir = prepare_run(loaded, resume=resume)
-    if encoders is not None and not resume:
-        save_frame_encoder(encoders, run_dir / ENCODERS_DIR)
-        atomic_write_text(run_dir / ENCODERS_DIR / "encoders.json", json.dumps(enc_info, indent=2) + "\n")
-    atomic_write_text(run_dir / CLIP_REPORT, json.dumps(clip_report, indent=2) + "\n")
+    def make_run_folder() -> Path:
+        run_dir = prepare_run(loaded, resume=resume)
+        if encoders is not None and not resume:
+            save_frame_encoder(encoders, run_dir / ENCODERS_DIR)
+            atomic_write_text(run_dir / ENCODERS_DIR / "encoders.json", json.dumps(enc_info, indent=2) + "\n")
+        atomic_write_text(run_dir / CLIP_REPORT, json.dumps(clip_report, indent=2) + "\n")
+        return run_dir
+
+    run_dir = distributed.run_on_main(make_run_folder)  # under torchrun: rank 0 writes, every rank gets the path
     summary = model_summary(model)
     print(f"run {run_dir}  device {device}  train {len(train_set)}  val {len(val_set)}  model {cfg.model.name}  "
           f"params {summary['trainable_params']:,} trainable of {summary['total_params']:,}")
@@ -240,7 +245,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
             batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches,
             augment_fn=augmenter)
-    if todo:
+    if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
         del state

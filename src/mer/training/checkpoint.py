@@ -36,6 +36,7 @@ VAL_METRICS_KEY = "val_metrics"  # best.pt: the validation row of its epoch
 TRAIN_COUNTS_KEY = "train_class_counts"  # rows per class of the training view (corpus-aware evaluation)
 # last.pt only: what exact resume restores
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "early_stopping", "rng", "sample_gen", "aug_gen")
+RANKS_KEY = "ranks"  # last.pt of a torchrun run: [{rng, aug_gen} of rank 0, of rank 1, ...] (exact resume per rank)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

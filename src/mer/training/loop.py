@@ -4,6 +4,13 @@ A model takes a batch dict and returns logits; a dataset exposes `label_ids` (in
 dicts with at least `dataset`) and yields batch dicts with a `label` tensor. Everything else — optimiser, schedule,
 precision, accumulation, clipping, EMA, early stopping, sampling, augmentation, checkpoints, per-epoch CSVs and
 exact resume — lives here.
+
+Under torchrun (`mer.distributed`) the model is wrapped in DistributedDataParallel. Every rank draws the same global
+batches (batch size x world size) from the same sampler and trains on its contiguous part of each, its loss weighted
+by its share so that the averaged gradient is the global batch's; inner accumulation steps skip the gradient sync
+(`no_sync`). Validation is split across ranks and its predictions gathered, so metrics, early stopping, the
+scheduler and EMA decide the same everywhere. Rank 0 alone writes checkpoints, CSVs and tracking; `last.pt` holds
+every rank's RNG states, so a resume with the same world size is exact.
 """
 
 from __future__ import annotations
@@ -13,22 +20,25 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from mer import distributed
 from mer.errors import UserError
 from mer.io import FolderLock, remove_stale_temps
 from mer.models.heads import logits_of
 from mer.runtime import Precision, rng_state, set_rng_state
-from mer.schema import HeadsConfig, TrainConfig
+from mer.schema import HeadsConfig, TrackingConfig, TrainConfig
 from mer.training.augmentation import augment_batch
-from mer.training.checkpoint import EPOCH_KEY, RESUME_KEYS, load_checkpoint, save_checkpoint
+from mer.training.checkpoint import EPOCH_KEY, RANKS_KEY, RESUME_KEYS, load_checkpoint, save_checkpoint
 from mer.training.early_stopping import EarlyStopping
 from mer.training.ema import make_ema
 from mer.training.history import append_csv_row, truncate_csv
@@ -38,6 +48,7 @@ from mer.training.schedulers import build_scheduler
 from mer.training.tracking import Tracker
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict]
+RANK_SEED_STRIDE = 7919  # rank r > 0 seeds its augmentation and dropout draws with seed + r * stride
 PROGRESS_LINES = 10  # plain progress lines per epoch when the output is not a terminal
 BatchSamplerFn = Callable[[Dataset, Sampler, int], Iterable[list[int]]]
 # A training-batch augmentation drawing from the loop's seeded generator (saved in last.pt: exact resume). It may
@@ -199,11 +210,17 @@ class Trainer:
         self.criterion = build_loss(cfg.loss, weight.to(device) if weight is not None else None,
                                     np.bincount(train_labels, minlength=n_classes)).to(device)
 
+        # The same sample order on every rank (each trains on its part of every global batch); augmentation and
+        # dropout draws differ between ranks (rank 0 draws as a single process would).
+        self.world = distributed.world()
         self.sample_gen = torch.Generator().manual_seed(seed)
-        self.aug_gen = torch.Generator().manual_seed(seed + 1)
+        self.aug_gen = torch.Generator().manual_seed(seed + 1 + RANK_SEED_STRIDE * self.world.rank)
+        if self.world.rank:
+            torch.manual_seed(seed + RANK_SEED_STRIDE * self.world.rank)
         datasets = [row["dataset"] for row in train_set.meta]
         self.sampler = build_sampler(train_labels, datasets, cfg.sampler, self.sample_gen)
-        self.steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / cfg.grad_accum)
+        self.global_batch = batch_size * self.world.size
+        self.steps_per_epoch = math.ceil(math.ceil(len(train_set) / self.global_batch) / cfg.grad_accum)
 
         for prefix in split_lr_overrides(model, cfg.lr_overrides)[1]:
             print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen or not in this mode")
@@ -217,16 +234,24 @@ class Trainer:
                                    loss_threshold=es.loss_threshold)
         self.start_epoch = 1
         self.tracker: Tracker | None = None  # set while fit() runs
-        self._lock = FolderLock(self.run_dir)  # held from resume() / fit() to the end of fit()
+        self._lock = FolderLock(self.run_dir)  # held (by rank 0) from resume() / fit() to the end of fit()
+        self.ddp = None
+        if self.world.enabled:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=True)  # e.g. a modality dropped for a batch
 
-        val_sampler = eval_batch_sampler_fn(val_set, SequentialSampler(range(len(val_set))), eval_batch_size)
-        self.val_loader = make_loader(val_set, val_sampler, collate_fn, num_workers)
+        # each rank validates its slice of the view; the predictions are gathered (`_validate`)
+        val_rows = list(distributed.shard_range(len(val_set), self.world.rank, self.world.size))
+        self.val_loader = (make_loader(val_set, eval_batch_sampler_fn(val_set, val_rows, eval_batch_size),
+                                       collate_fn, num_workers) if val_rows else None)
 
     # ---------------------------------------------------------------- state
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
     def _last_state(self, epoch: int) -> dict:
+        """What `last.pt` holds; a collective under torchrun (every rank's RNG states are gathered into it)."""
+        ranks = distributed.all_gather({"rng": rng_state(), "aug_gen": self.aug_gen.get_state()})
         return {
             "epoch": epoch,
             "model": self.model.state_dict(),
@@ -239,13 +264,14 @@ class Trainer:
             "sample_gen": self.sample_gen.get_state(),
             "aug_gen": self.aug_gen.get_state(),
             "labels": self.labels,
+            **({RANKS_KEY: ranks} if self.world.enabled else {}),
             **self.checkpoint_extra,
         }
 
     def _hold_run_dir(self) -> None:
         """Take the run folder's lock (a second process training the same run gets one line naming this one's
-        pid) and remove the temporaries a killed save left behind."""
-        if not self._lock.held:
+        pid) and remove the temporaries a killed save left behind. Rank 0 holds it for the run."""
+        if self.world.is_main and not self._lock.held:
             self._lock.acquire()
             remove_stale_temps(self.run_dir)
 
@@ -271,23 +297,34 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.early.load_state_dict(state["early_stopping"])
         self.sample_gen.set_state(state["sample_gen"])
-        self.aug_gen.set_state(state["aug_gen"])
-        set_rng_state(state["rng"])
+        saved = len(state.get(RANKS_KEY) or [None])
+        if saved != self.world.size:
+            raise UserError(f"cannot resume: {self.ckpt_dir / 'last.pt'} was written by {saved} process(es), this "
+                            f"run has {self.world.size}; resume with the same torchrun --nproc_per_node x --nnodes")
+        mine = state[RANKS_KEY][self.world.rank] if self.world.enabled else state
+        self.aug_gen.set_state(mine["aug_gen"])
+        set_rng_state(mine["rng"])
         self.start_epoch = int(state["epoch"]) + 1
-        for name in ("metrics_train.csv", "metrics_val.csv"):
-            truncate_csv(self.run_dir / name, int(state["epoch"]))
+        if self.world.is_main:
+            for name in ("metrics_train.csv", "metrics_val.csv"):
+                truncate_csv(self.run_dir / name, int(state["epoch"]))
 
     # ---------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
         self.model.train()
-        batches = self.batch_sampler_fn(self.train_set, self.sampler, self.batch_size)
+        batches = self.batch_sampler_fn(self.train_set, self.sampler, self.global_batch)
+        if self.world.enabled:  # this rank's part of each global batch, and how many real samples it holds
+            global_batches = [list(b) for b in batches]
+            totals = [len(b) for b in global_batches]
+            parts = [distributed.shard_batch(b, self.world.rank, self.world.size) for b in global_batches]
+            batches, counts = [p[0] for p in parts], [p[1] for p in parts]
         loader = make_loader(self.train_set, batches, self.collate_fn, self.num_workers)
         n_batches = len(loader)
         loss_sum, n_seen, y_true, y_pred = 0.0, 0, [], []
         self.optimizer.zero_grad(set_to_none=True)
         # A bar on a terminal; in a log file (no tty) a plain line every tenth of the epoch instead of \r fragments.
-        on_tty = cfg.progress and is_terminal(sys.stderr)
+        on_tty = cfg.progress and is_terminal(sys.stderr) and self.world.is_main
         every = max(1, math.ceil(n_batches / PROGRESS_LINES)) if cfg.progress and not on_tty else 0
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not on_tty)
@@ -296,34 +333,50 @@ class Trainer:
             batch = move_to_device(batch, self.device)
             if self.augment_fn is not None:
                 batch = self.augment_fn(batch, self.aug_gen)
-            with self.precision.autocast(self.device):
-                out = self.model(batch)
-            logits = logits_of(out)
-            loss = self.total_loss(out, batch)
-            if not torch.isfinite(loss):
-                last = self.ckpt_dir / "last.pt"
-                kept = (f"The last good checkpoint is {last}" if last.is_file()
-                        else "No checkpoint was written (it diverged before the end of the first epoch)")
-                raise TrainingDiverged(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; stopped. {kept} (lower "
-                    "train.lr or set train.grad_clip)")
-            self.scaler.scale(loss / cfg.grad_accum).backward()
-            if step % cfg.grad_accum == 0 or step == n_batches:
+            sync = step % cfg.grad_accum == 0 or step == n_batches
+            # DDP: inner accumulation steps keep their gradients local (no all-reduce until the stepping batch)
+            with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():
+                with self.precision.autocast(self.device):
+                    out = (self.ddp or self.model)(batch)
+                logits = logits_of(out)
+                loss = self.total_loss(out, batch)
+                self._check_finite(loss, epoch, step)
+                # DDP averages the ranks' gradients: weight each rank's mean loss by its share of the global batch
+                share = counts[step - 1] * self.world.size / totals[step - 1] if self.world.enabled else 1.0
+                self.scaler.scale(loss * share / cfg.grad_accum).backward()
+            if sync:
                 self._optimizer_step()
-            bs = batch["label"].shape[0]
+            bs = counts[step - 1] if self.world.enabled else batch["label"].shape[0]
             loss_sum += loss.item() * bs
             n_seen += bs
-            y_true.append(batch["label"].detach().cpu())
-            y_pred.append(logits.detach().argmax(-1).cpu())
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+            y_true.append(batch["label"].detach().cpu()[:bs])
+            y_pred.append(logits.detach().argmax(-1).cpu()[:bs])
+            bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
             if self.tracker is not None:
                 self.tracker.log_step((epoch - 1) * n_batches + step, loss.item(), self.optimizer.param_groups[0]["lr"])
             if every and (step % every == 0 or step == n_batches):
                 print(f"epoch {epoch}/{cfg.epochs}  step {step}/{n_batches} ({step / n_batches:.0%})  "
-                      f"loss {loss_sum / n_seen:.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
-        metrics = self.metrics_fn(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy())
+                      f"loss {loss_sum / max(1, n_seen):.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
+        y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
+        if self.world.enabled:  # the epoch's figures over every rank's samples
+            parts = distributed.all_gather((loss_sum, n_seen, y_true, y_pred))
+            loss_sum, n_seen = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            y_true, y_pred = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
+        metrics = self.metrics_fn(y_true, y_pred)
         return {"epoch": epoch, "loss": loss_sum / max(1, n_seen), **_scalars(metrics),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop on a NaN or infinite loss; under torchrun every rank stops at once when any rank has one."""
+        value = loss.item()
+        bad = not math.isfinite(value)
+        if distributed.any_rank(bad, self.device):
+            last = self.ckpt_dir / "last.pt"
+            kept = (f"The last good checkpoint is {last}" if last.is_file()
+                    else "No checkpoint was written (it diverged before the end of the first epoch)")
+            what = f"non-finite loss ({value})" if bad else "non-finite loss on another rank"
+            raise TrainingDiverged(f"{what} at epoch {epoch}, step {step}; stopped. {kept} (lower train.lr or set "
+                                   "train.grad_clip)")
 
     def total_loss(self, out, batch: dict) -> torch.Tensor:
         """The training objective: the class criterion (weighted; absent for a dimensional-only task) plus the
@@ -360,9 +413,21 @@ class Trainer:
 
     def _validate(self, epoch: int) -> dict:
         outputs: dict = {}
-        _, y_true, probs, losses = predict(self._eval_model(), self.val_loader, self.device, self.precision,
-                                           criterion=self.criterion, outputs=outputs,
-                                           total_loss=self.total_loss if self.has_aux_heads else None)
+        if self.val_loader is None and not self.world.enabled:
+            raise UserError("cannot evaluate an empty view")
+        if self.val_loader is not None:
+            _, y_true, probs, losses = predict(self._eval_model(), self.val_loader, self.device, self.precision,
+                                               criterion=self.criterion, outputs=outputs,
+                                               total_loss=self.total_loss if self.has_aux_heads else None)
+        if self.world.enabled:  # every rank's slice of the view, gathered: the same metrics on every rank
+            parts = [p for p in distributed.all_gather(
+                (y_true, probs, losses, outputs) if self.val_loader is not None else None) if p is not None]
+            if not parts:
+                raise UserError("cannot evaluate an empty view")
+            y_true, probs = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            sizes = [len(p[0]) for p in parts]
+            losses = {k: sum(p[2][k] * n for p, n in zip(parts, sizes, strict=True)) / sum(sizes) for k in losses}
+            outputs = {k: np.concatenate([p[3][k] for p in parts]) for k in parts[0][3]}
         metrics = self.metrics_fn(y_true, probs.argmax(-1))
         extra = self.outputs_metrics_fn(outputs) if self.outputs_metrics_fn is not None and outputs else {}
         return {"epoch": epoch, **losses, **_scalars(metrics), **extra}
@@ -370,7 +435,7 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from `start_epoch` to `train.epochs` (or an early stop), holding the run folder's lock."""
         self._hold_run_dir()
-        self.tracker = Tracker(self.cfg.tracking, self.run_dir)
+        self.tracker = Tracker(self.cfg.tracking if self.world.is_main else TrackingConfig(), self.run_dir)
         try:
             return self._fit()
         finally:
@@ -398,13 +463,16 @@ class Trainer:
                                     f"validation metric")
                 self.scheduler.step(float(val_row[cfg.scheduler.metric]))
             is_best = self.early.update(value, epoch, loss=float(val_row["loss"]))
-            if is_best:
-                save_checkpoint({"epoch": epoch, "model": self._eval_model().state_dict(), "labels": self.labels,
-                                 "val_metrics": val_row, **self.checkpoint_extra}, self.ckpt_dir / "best.pt")
-            append_csv_row(self.run_dir / "metrics_train.csv", train_row)
-            append_csv_row(self.run_dir / "metrics_val.csv", val_row)
-            self.tracker.log_epoch(epoch, train_row, val_row)
-            save_checkpoint(self._last_state(epoch), self.ckpt_dir / "last.pt")
+            last_state = self._last_state(epoch)  # a collective under torchrun: every rank takes part
+            if self.world.is_main:
+                if is_best:
+                    save_checkpoint({"epoch": epoch, "model": self._eval_model().state_dict(), "labels": self.labels,
+                                     "val_metrics": val_row, **self.checkpoint_extra}, self.ckpt_dir / "best.pt")
+                append_csv_row(self.run_dir / "metrics_train.csv", train_row)
+                append_csv_row(self.run_dir / "metrics_val.csv", val_row)
+                self.tracker.log_epoch(epoch, train_row, val_row)
+                save_checkpoint(last_state, self.ckpt_dir / "last.pt")
+            del last_state
             history.append({"train": train_row, "val": val_row})
             mark = " *" if is_best else ""
             print(f"epoch {epoch:3d}  train loss {train_row['loss']:.4f}  val loss {val_row['loss']:.4f}  "
