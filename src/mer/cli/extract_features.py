@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from mer.features.extract_mfcc import extract_mfcc_hash, parse_ngram
-from mer.features.extraction import REPORT_NAME
+from mer.features.extraction import REPORT_NAME, parse_shard
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,13 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="read manifest audio_path values that are absolute paths (refused by default: a manifest's "
                    "paths are relative to its folder and stay inside it)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="extract only part K of N (manifest rows at position i with i %% N == K) into --out, the "
+                   "part's own store; merge all N parts with build_memmap_features.py --store PART... --out DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    shard = None if args.shard is None else parse_shard(args.shard)
     extract_mfcc_hash(args.manifest, args.out, memmap=args.memmap, n_mfcc=args.n_mfcc, text_dim=args.text_dim,
                       ngram=parse_ngram(args.ngram), jobs=args.jobs, batch_size=args.batch_size,
-                      overwrite=args.overwrite, quiet=args.quiet, allow_absolute_paths=args.allow_absolute_paths)
+                      overwrite=args.overwrite, quiet=args.quiet, allow_absolute_paths=args.allow_absolute_paths,
+                      shard=shard)
     return 0

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from mer.features.extract_hf import HFOptions, extract_hf
+from mer.features.extraction import parse_shard
 from mer.features.hf_encoders import AUDIO_POOLINGS, TEXT_POOLINGS
 
 
@@ -46,15 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="read manifest audio_path values that are absolute paths (refused by default: a manifest's "
                    "paths are relative to its folder and stay inside it)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="extract only part K of N (manifest rows at position i with i %% N == K) into --out, the "
+                   "part's own store; merge all N parts with build_memmap_features.py --store PART... --out DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    shard = None if a.shard is None else parse_shard(a.shard)
     opts = HFOptions(audio_model=a.audio_model, text_model=a.text_model, audio_pooling=a.audio_pooling,
                      audio_layer=a.audio_layer, text_pooling=a.text_pooling, context=a.context,
                      max_audio_s=a.max_audio_s, max_text_tokens=a.max_text_tokens, batch_size=a.batch_size,
                      sort=not a.no_sort, device=a.device, allow_absolute_paths=a.allow_absolute_paths)
-    extract_hf(a.manifest, a.out, opts, memmap=a.memmap, overwrite=a.overwrite, quiet=a.quiet)
+    extract_hf(a.manifest, a.out, opts, memmap=a.memmap, overwrite=a.overwrite, quiet=a.quiet, shard=shard)
     return 0

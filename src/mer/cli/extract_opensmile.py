@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from mer.features.extract_opensmile import extract_opensmile
+from mer.features.extraction import parse_shard
 from mer.features.opensmile_functionals import FEATURE_SETS
 
 
@@ -28,12 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-absolute-paths", action="store_true",
                    help="read manifest audio_path values that are absolute paths (refused by default: a manifest's "
                    "paths are relative to its folder and stay inside it)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="extract only part K of N (manifest rows at position i with i %% N == K) into --out, the "
+                   "part's own store; merge all N parts with build_memmap_features.py --store PART... --out DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    shard = None if a.shard is None else parse_shard(a.shard)
     extract_opensmile(a.manifest, a.out, a.feature_set, jobs=a.jobs, memmap=a.memmap, overwrite=a.overwrite,
-                      quiet=a.quiet, allow_absolute_paths=a.allow_absolute_paths)
+                      quiet=a.quiet, allow_absolute_paths=a.allow_absolute_paths, shard=shard)
     return 0

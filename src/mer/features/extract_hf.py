@@ -377,9 +377,10 @@ class HFExtractor:
 
 
 def extract_hf(manifest: Path, out: Path, opts: HFOptions, *, memmap: Path | None = None, overwrite: bool = False,
-               quiet: bool = False) -> dict:
-    """The store of pooled frozen-encoder vectors of a manifest (resumable); the report."""
+               quiet: bool = False, shard: tuple[int, int] | None = None) -> dict:
+    """The store of pooled frozen-encoder vectors of a manifest (resumable; `shard` (K, N): part K of N only);
+    the report."""
     opts.check()
     extractor = HFExtractor(opts, select_device(opts.device, "--device"))
     return extract(extractor, manifest, out, overwrite=overwrite, memmap=memmap, quiet=quiet,
-                   needs_audio=bool(opts.audio_model), allow_absolute_paths=opts.allow_absolute_paths)
+                   needs_audio=bool(opts.audio_model), allow_absolute_paths=opts.allow_absolute_paths, shard=shard)

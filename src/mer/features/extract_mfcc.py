@@ -192,8 +192,8 @@ class MFCCHashExtractor:
 def extract_mfcc_hash(manifest: Path, out: Path, *, memmap: Path | None = None, n_mfcc: int = 40,
                       text_dim: int = 512, ngram: tuple[int, int] = (1, 2), jobs: int | None = None,
                       batch_size: int = 64, overwrite: bool = False, quiet: bool = False,
-                      allow_absolute_paths: bool = False) -> dict:
-    """The MFCC + hashed-text store of a manifest (resumable); the report."""
+                      allow_absolute_paths: bool = False, shard: tuple[int, int] | None = None) -> dict:
+    """The MFCC + hashed-text store of a manifest (resumable; `shard` (K, N): part K of N only); the report."""
     extractor = MFCCHashExtractor(n_mfcc, text_dim, ngram, jobs, batch_size)
     return extract(extractor, manifest, out, overwrite=overwrite, memmap=memmap, quiet=quiet,
-                   allow_absolute_paths=allow_absolute_paths)
+                   allow_absolute_paths=allow_absolute_paths, shard=shard)

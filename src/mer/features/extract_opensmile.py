@@ -63,7 +63,7 @@ class OpenSmileStoreExtractor:
 
 def extract_opensmile(manifest: Path, out: Path, feature_set: str, *, jobs: int | None = None,
                       memmap: Path | None = None, overwrite: bool = False, quiet: bool = False,
-                      allow_absolute_paths: bool = False) -> dict:
-    """The openSMILE functionals store of a manifest (resumable); the report."""
+                      allow_absolute_paths: bool = False, shard: tuple[int, int] | None = None) -> dict:
+    """The openSMILE functionals store of a manifest (resumable; `shard` (K, N): part K of N only); the report."""
     return extract(OpenSmileStoreExtractor(feature_set, jobs), manifest, out, overwrite=overwrite, memmap=memmap,
-                   quiet=quiet, allow_absolute_paths=allow_absolute_paths)
+                   quiet=quiet, allow_absolute_paths=allow_absolute_paths, shard=shard)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from mer.io import atomic_write_text
 REPORT_NAME = "extract_report.json"
 SHOW_FAILURES = 20  # failures listed on screen; the report lists all
 BAD_ROW = "bad_row"  # a manifest row without a usable audio_path or text (the audio reasons: mer.data.audio)
+SHARD_KEY = "shard"  # the settings key of one part of a sharded extraction: "K/N"
 
 Group = list[tuple[dict, "np.ndarray | None", "np.ndarray | None"]]
 
@@ -103,6 +105,24 @@ def row_problem(row: dict, root: Path, needs_audio: bool = True,
     return None
 
 
+def parse_shard(text: str, flag: str = "--shard") -> tuple[int, int]:
+    """`"K/N"` as (K, N) with 0 <= K < N; anything else is a one-line UserError naming `flag`."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise UserError(f"{flag} {text!r}: expected K/N, this part's number K of N parts (e.g. 0/4)")
+    k, n = int(m.group(1)), int(m.group(2))
+    if not 0 <= k < n:
+        raise UserError(f"{flag} {text}: K must be 0 to N-1 (parts 0/{n} ... {max(n - 1, 0)}/{n})")
+    return k, n
+
+
+def shard_rows(rows: list[dict], shard: tuple[int, int]) -> list[dict]:
+    """The manifest rows of part K of N: those at position i (manifest order) with i % N == K. Fixed by the
+    manifest alone (not by what a store holds), balanced, and interleaved so that every part gets every corpus."""
+    k, n = shard
+    return rows[k::n]
+
+
 def check_memmap_arg(memmap: Path | None, out: Path) -> None:
     if memmap is None:
         return
@@ -118,11 +138,16 @@ def failure_counts(failures: list[dict]) -> str:
 
 
 def extract(extractor: Extractor, manifest: Path, out: Path, *, overwrite: bool = False, memmap: Path | None = None,
-            quiet: bool = False, needs_audio: bool = True, allow_absolute_paths: bool = False) -> dict:
+            quiet: bool = False, needs_audio: bool = True, allow_absolute_paths: bool = False,
+            shard: tuple[int, int] | None = None) -> dict:
     """Run `extractor` over the manifest rows not yet in the store `out`; return the report (also written).
     `manifest` may be the builder's output folder; an `audio_path` outside the manifest's folder is a failed row
-    (absolute paths are read with `allow_absolute_paths`)."""
+    (absolute paths are read with `allow_absolute_paths`). With `shard` (K, N), `out` is part K of N: only the rows
+    of `shard_rows`, its settings carry "shard": "K/N" (merge the parts with `mer.features.sharding.merge_parts`)."""
     manifest, out = resolve_manifest_arg(manifest), Path(out)
+    if shard is not None and memmap is not None:
+        raise UserError(f"--memmap with --shard {shard[0]}/{shard[1]}: one part is not the whole set; build the "
+                        "memmap from all parts with build_memmap_features.py --store PART... --out DIR")
     check_memmap_arg(memmap, out)
     t0 = time.perf_counter()
     rows = read_manifest(manifest)
@@ -130,12 +155,19 @@ def extract(extractor: Extractor, manifest: Path, out: Path, *, overwrite: bool 
         raise UserError(f"{manifest}: the manifest has no rows")
     root = manifest.parent
     settings = extractor.settings()
+    mine = rows
+    if shard is not None:
+        settings = {**settings, SHARD_KEY: f"{shard[0]}/{shard[1]}"}
+        mine = shard_rows(rows, shard)
+        if not mine:
+            raise UserError(f"--shard {shard[0]}/{shard[1]}: the manifest has {len(rows)} rows, none for this part; "
+                            "use fewer parts")
     writer = FeatureStoreWriter(out, extractor.audio_dim, extractor.text_dim, settings, manifest_sha256(manifest),
                                 overwrite=overwrite, shard_size=extractor.shard_size)
     done = writer.done_ids()
     log = Log()
     todo = []
-    for row in rows:
+    for row in mine:
         if row["id"] in done:
             continue
         problem = row_problem(row, root, needs_audio, allow_absolute_paths)
@@ -143,7 +175,8 @@ def extract(extractor: Extractor, manifest: Path, out: Path, *, overwrite: bool 
             log.fail(row["id"], *problem)
         else:
             todo.append(row)
-    print(f"extract {len(todo)} rows from {manifest} into {out} ({len(done)} already in the store, "
+    part = "" if shard is None else f"part {shard[0]}/{shard[1]}: {len(mine)} of {len(rows)} rows, "
+    print(f"extract {len(todo)} rows from {manifest} into {out} ({part}{len(done)} already in the store, "
           f"{len(log.failures)} bad rows; {extractor.name})", flush=True)
 
     written, complete = 0, False
@@ -169,6 +202,7 @@ def extract(extractor: Extractor, manifest: Path, out: Path, *, overwrite: bool 
             "store": str(out.resolve()),
             "settings": settings,
             "rows_in_manifest": len(rows),
+            **({} if shard is None else {SHARD_KEY: settings[SHARD_KEY], "rows_in_shard": len(mine)}),
             "already_in_store": len(done),
             "written": written,
             "store_rows": writer.n_rows,
@@ -210,4 +244,7 @@ def summary(extractor: Extractor, report: dict, manifest: Path, out: Path, memma
     lines += [f"  time        {report['time_s']:.1f} s", f"  report      {out / REPORT_NAME}"]
     if memmap_note:
         lines.append(f"  memmap      {memmap_note}")
+    if SHARD_KEY in report:
+        lines.append(f"  part        {report[SHARD_KEY]} ({report['rows_in_shard']} rows); when every part is done: "
+                     "build_memmap_features.py --store PART... --out DIR")
     return "\n".join(lines)

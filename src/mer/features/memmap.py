@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,6 +42,18 @@ AUDIO_FILE = "audio.f32"
 TEXT_FILE = "text.f32"
 INDEX_FILE = "index.jsonl"
 _F32 = np.dtype("<f4")
+
+
+class MemmapSource(Protocol):
+    """What `write_memmap` reads: row dicts in order, the dims, and the rows' vectors."""
+
+    meta: list[dict]
+    audio_dim: int
+    text_dim: int
+
+    def __len__(self) -> int: ...
+
+    def get_rows(self, indices: Iterable[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def store_fingerprint(store_dir: str | Path) -> str:
@@ -93,6 +106,13 @@ def _files_ok(path: Path, info: dict) -> bool:
 
 def memmap_is_current(store_dir: str | Path, out_dir: str | Path) -> bool:
     """True when `out_dir` is a complete memmap folder built from the store as it is now."""
+    if not (Path(out_dir) / MEMMAP_JSON).is_file():
+        return False
+    return fingerprint_is_current(out_dir, store_fingerprint(store_dir))
+
+
+def fingerprint_is_current(out_dir: str | Path, fingerprint: str) -> bool:
+    """True when `out_dir` is a complete memmap folder whose source had this fingerprint."""
     out_dir = Path(out_dir)
     if not (out_dir / MEMMAP_JSON).is_file():
         return False
@@ -100,7 +120,7 @@ def memmap_is_current(store_dir: str | Path, out_dir: str | Path) -> bool:
         info = _read_memmap_json(out_dir)
     except UserError:
         return False
-    return info["source"].get("fingerprint") == store_fingerprint(store_dir) and _files_ok(out_dir, info)
+    return info["source"].get("fingerprint") == fingerprint and _files_ok(out_dir, info)
 
 
 def _create_matrix(path: Path, n: int, dim: int) -> np.memmap | None:
@@ -126,10 +146,27 @@ def build_memmap(
     reader = FeatureStoreReader(store_dir)
     if out_dir.resolve() == store_dir.resolve():
         raise UserError(f"{out_dir}: the memmap output must be a different folder from the store")
-    fingerprint = store_fingerprint(store_dir)
+    source = {"store": str(store_dir.resolve()), "fingerprint": store_fingerprint(store_dir), "info": reader.info}
+    return write_memmap(reader, out_dir, source, overwrite=overwrite, progress=progress, chunk_rows=chunk_rows)
+
+
+def write_memmap(
+    reader: MemmapSource,
+    out_dir: Path,
+    source: dict,
+    overwrite: bool = False,
+    progress: bool = False,
+    chunk_rows: int = 8192,
+) -> Path:
+    """Write the rows of `reader` (a store, or the parts of a sharded extraction joined) as the memmap folder
+    `out_dir`; `source` (`store`: its path or the parts' paths, `fingerprint`, `info`: the store.json) goes into
+    memmap.json. An up-to-date folder (same fingerprint) is left as is unless `overwrite`; an out-of-date one is
+    replaced only with `overwrite`."""
+    store = source["store"]
+    store_dir = store if isinstance(store, str) else ", ".join(store)
     if out_dir.exists():
         if (out_dir / MEMMAP_JSON).is_file():
-            if not overwrite and memmap_is_current(store_dir, out_dir):
+            if not overwrite and fingerprint_is_current(out_dir, source["fingerprint"]):
                 return out_dir
             if not overwrite:
                 raise UserError(
@@ -171,7 +208,7 @@ def build_memmap(
             "byte_order": "little",
             "order": "C",
             "files": {"audio": AUDIO_FILE, "text": TEXT_FILE, "index": INDEX_FILE},
-            "source": {"store": str(store_dir.resolve()), "fingerprint": fingerprint, "info": reader.info},
+            "source": source,
         }
         (tmp / MEMMAP_JSON).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out_dir.is_dir() and not any(out_dir.iterdir()):
