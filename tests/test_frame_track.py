@@ -285,7 +285,9 @@ def test_every_frame_model_is_registered_and_builds_from_config():
 
 
 def test_cross_validation_runs_a_frame_config_over_the_manifest(env, tmp_path, capsys):
-    cfg = write_config(tmp_path / "c.yaml", env["manifest"], train={"epochs": 1, "augment": {"gain_db": [-3.0, 3.0]}})
+    # the toy's acted speakers each say only some labels: a fold may train without one (allowed, as the task says)
+    cfg = write_config(tmp_path / "c.yaml", env["manifest"], train={"epochs": 1, "augment": {"gain_db": [-3.0, 3.0]}},
+                       data={"allow_empty_classes": True})
     out = tmp_path / "cv"
     assert run_cli(cv_cli.main, ["--config", str(cfg), "--folds", "speakers:3", "--val", "0", "--pool-view", "acted",
                                  "--out", str(out), "--bootstrap", "50", "--quiet"]) == 0
@@ -322,3 +324,32 @@ def test_bad_input_is_one_line_exit_2_before_a_run_folder_exists(env, encoders, 
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert not (tmp_path / "runs").exists()
 
+
+
+def test_dimensional_and_gender_heads_train_on_frames_and_groups_are_reported(env, tmp_path, capsys):
+    rows = [json.loads(line) for line in env["manifest"].read_text().splitlines()]
+    rated = [{**r, "arousal": None if i % 7 == 0 else 1.0 + (i % 5), "gender": ["F", "M"][i % 2]}
+             for i, r in enumerate(rows)]
+    manifest = env["manifest"].parent / "rated_manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rated))
+    config = write_config(tmp_path / "dims.yaml", manifest,
+                          data={"rating_scales": {"TOYACT": [1.0, 5.0], "MELD": [1.0, 5.0]}},
+                          model={"heads": {"dims": ["arousal"], "gender": True}})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "toy"
+    assert "ccc_arousal" in read_csv(run / "metrics_val.csv")[0]
+    metrics = json.loads((run / "eval_test" / "metrics_eval.json").read_text())
+    assert "ccc" in json.dumps(metrics) and set(metrics["class_groups"]) >= {"head", "tail"}
+    assert (run / "eval_test" / "dims_predictions.csv").is_file()
+    assert json.loads((run / "task_report.json").read_text())["views"]["train"]["rows"] == 24
+    # the same from the run folder alone
+    assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 0
+    assert json.loads((run / "eval_test" / "metrics_eval.json").read_text())["class_groups"] == metrics["class_groups"]
+
+
+def test_speaker_norm_is_refused_by_the_frame_track(env, tmp_path, capsys):
+    config = write_config(tmp_path / "sn.yaml", env["manifest"], data={"speaker_norm": True})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.speaker_norm" in err[0] and "model.frame.normalize" in err[0]
+    assert not (tmp_path / "runs").exists()

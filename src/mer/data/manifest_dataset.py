@@ -38,6 +38,7 @@ from mer.data.audio import SAMPLE_RATE, clip_samples, not_audio_reason, read_cli
 from mer.data.context import DEFAULT_SEP, context_parts, truncate_left
 from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.data.manifest import read_manifest, resolve_audio_path
+from mer.data.targets import collate_targets
 from mer.data.task import empty_view_message, task_label_ids
 from mer.data.views import describe_view, select_rows
 from mer.errors import UserError
@@ -260,9 +261,4 @@ class HFCollator:
                                 [it["current"] for it in items])
             enc = pad_token_ids(self.tokenizer, ids)
             batch["input_ids"], batch["text_attention_mask"] = enc["input_ids"], enc["attention_mask"]
-        if "dims" in items[0]:  # auxiliary heads (mer.data.targets)
-            batch["dims"] = torch.from_numpy(np.stack([it["dims"] for it in items]))
-            batch["dims_mask"] = torch.from_numpy(np.stack([it["dims_mask"] for it in items]))
-        if "gender" in items[0]:
-            batch["gender"] = torch.tensor([it["gender"] for it in items], dtype=torch.long)
-        return batch
+        return collate_targets(items, batch)  # auxiliary heads (mer.data.targets)

@@ -82,3 +82,14 @@ class Targets:
     def to_scale(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Normalised predictions of dataset rows `rows` back on each row's corpus scale."""
         return values * self.span[rows, None] + self.lo[rows, None]
+
+
+def collate_targets(items: Sequence[dict], batch: dict) -> dict:
+    """Add the auxiliary heads' targets of `items` (`Targets.item`: dims + dims_mask, gender) to `batch`: the one
+    way every collator of manifest items batches them."""
+    if "dims" in items[0]:
+        batch["dims"] = torch.from_numpy(np.stack([it["dims"] for it in items]))
+        batch["dims_mask"] = torch.from_numpy(np.stack([it["dims_mask"] for it in items]))
+    if "gender" in items[0]:
+        batch["gender"] = torch.tensor([it["gender"] for it in items], dtype=torch.long)
+    return batch

@@ -25,6 +25,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from mer.data.targets import collate_targets
+
 TOO_SHORT = "too_short"
 SILENT = "silent"
 NON_FINITE = "non_finite"
@@ -53,14 +55,14 @@ class WaveCollator:
         for i, w in enumerate(waves):
             values[i, : w.size] = w
             mask[i, : w.size] = 1
-        return {
+        return collate_targets(items, {
             "input_values": torch.from_numpy(values),
             "audio_attention_mask": torch.from_numpy(mask),
             "label": torch.tensor([int(it["label"]) for it in items], dtype=torch.long),
             "index": torch.tensor([int(it["index"]) for it in items], dtype=torch.long),
             "audio_mask": torch.tensor([bool(it.get("audio_mask", True)) for it in items]),
             "text_mask": torch.zeros(len(items), dtype=torch.bool),
-        }
+        })  # + the auxiliary heads' targets (mer.data.targets)
 
 
 def clip_problem(path: str | Path, min_samples: int, sampling_rate: int = 16000,

@@ -45,7 +45,9 @@ from mer.models.hf_at import HFEncoders
 from mer.recipes.calibrate import calibrate_run
 from mer.recipes.common import (
     RunResult,
+    attach_targets,
     check_speaker_leakage,
+    check_task_rows,
     check_train_config,
     finished_before,
     fit,
@@ -55,6 +57,7 @@ from mer.recipes.common import (
     speakers_line,
     start,
     view_config,
+    write_task_report,
 )
 from mer.recipes.end_to_end import padding_line
 from mer.runtime import Precision
@@ -63,7 +66,9 @@ from mer.training.checkpoint import (
     CONFIG_KEY,
     ENCODERS_KEY,
     MODEL_CFG_KEY,
+    TRAIN_COUNTS_KEY,
     check_labels,
+    class_mask,
     eval_weights,
     load_checkpoint,
     rebuild_model,
@@ -105,6 +110,9 @@ def check_config(cfg: ExperimentConfig, tool: str = TOOL) -> None:
     if not cfg.data.manifest:
         raise UserError(f"config key 'data.manifest': {tool} reads the manifest's WAVs; set it to the "
                         "meta_manifest.jsonl written by mer-builder")
+    if cfg.data.speaker_norm:  # refused rather than recorded in the protocol while normalizing nothing
+        raise UserError("config key 'data.speaker_norm': z-scores the vectors of a feature store; the frame track "
+                        "normalizes each utterance's log-mel instead (model.frame.normalize: mean or mean_var)")
 
 
 def open_view(cfg: ExperimentConfig, rows: list[dict], view_name: str, train: bool = False) -> ManifestDataset:
@@ -157,8 +165,10 @@ def encoder_info(cfg: ExperimentConfig, enc: HFEncoders | None) -> dict:
 def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], cfg: ExperimentConfig,
                       collator: WaveCollator, clip_report: dict, *, run_dir: Path, checkpoint: str,
                       device: torch.device, precision: Precision, batch_size: int, progress: bool = True,
-                      ) -> dict[str, dict]:
-    """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}."""
+                      state: dict | None = None) -> dict[str, dict]:
+    """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}. The checkpoint's
+    `state` gives the training view's class counts (head / mid / tail groups; data.mask_absent_classes)."""
+    state = state or {}
     results = {}
     for name, ds in datasets.items():
         results[name] = evaluate_view(
@@ -166,7 +176,8 @@ def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], cf
             checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size, collate_fn=collator,
             num_workers=cfg.data.num_workers, batch_sampler=sorted_batches(ds, None, batch_size), progress=progress,
             extra={"clips_skipped": clip_report["views"].get(name, {}), "rows_skipped": ds.skipped,
-                   "protocol": protocol_record(cfg)})
+                   "protocol": protocol_record(cfg)},
+            class_mask=class_mask(state, ds, cfg.data.mask_absent_classes), train_counts=state.get(TRAIN_COUNTS_KEY))
     return results
 
 
@@ -201,7 +212,9 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     if cfg.data.val_view == cfg.data.train_view:  # no validation speakers: the training view, uncropped
         val_set = open_view(cfg, [r for r in rows if r.get("id") not in clip_report["skipped"]], cfg.data.val_view)
     eval_sets = {name: datasets[name] if name != cfg.data.train_view else val_set for name in cfg.data.eval_views}
+    task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     if cfg.train.init_from and not resume:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
@@ -213,6 +226,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
 
     def make_run_folder() -> Path:
         run_dir = prepare_run(loaded, resume=resume)
+        write_task_report(run_dir, task_report)
         if encoders is not None and not resume:
             save_frame_encoder(encoders, run_dir / ENCODERS_DIR)
             atomic_write_text(run_dir / ENCODERS_DIR / "encoders.json", json.dumps(enc_info, indent=2) + "\n")
@@ -239,7 +253,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         print(f"{run_dir}: training had already finished (checkpoints/last.pt); nothing to train"
               + (f", evaluating {', '.join(todo)}" if todo else ""))
     else:
-        extra = {MODEL_CFG_KEY: to_dict(cfg.model), CONFIG_KEY: to_dict(cfg), ENCODERS_KEY: enc_info}
+        extra = {MODEL_CFG_KEY: to_dict(cfg.model), CONFIG_KEY: to_dict(cfg), ENCODERS_KEY: enc_info,
+                 TRAIN_COUNTS_KEY: [int(c) for c in train_set.class_counts()]}
         model, result.fit, result.train_s = fit(
             model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
@@ -248,13 +263,13 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
-        del state
+        state = {TRAIN_COUNTS_KEY: state.get(TRAIN_COUNTS_KEY)}  # frees the weights' copy before evaluation
         calibrate_run(run_dir, model, val_set, train_set, cfg, device=device, precision=precision, collate_fn=collator,
                       batch_sampler=sorted_batches(val_set, None, cfg.data.eval_batch_size))
         result.results = evaluate_datasets(model, {v: eval_sets[v] for v in todo}, cfg, collator, clip_report,
                                            run_dir=run_dir, checkpoint=cfg.eval.checkpoint, device=device,
                                            precision=precision, batch_size=cfg.data.eval_batch_size,
-                                           progress=cfg.train.progress)
+                                           progress=cfg.train.progress, state=state)
     return result
 
 
@@ -286,9 +301,10 @@ def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *,
         check_labels(state, ds.labels, Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     for line in clip_lines(report):
         print(line)
+    attach_targets(cfg, next(iter(datasets.values())), list(datasets.values())[1:], require_first=False)
     return evaluate_datasets(model, datasets, cfg, WaveCollator(min_samples), report, run_dir=run_dir,
                              checkpoint=checkpoint, device=dev, precision=precision,
-                             batch_size=batch_size or cfg.data.eval_batch_size, progress=progress)
+                             batch_size=batch_size or cfg.data.eval_batch_size, progress=progress, state=state)
 
 
 def encoders_note(run_dir: str | Path) -> str | None:
