@@ -102,3 +102,28 @@ def test_build_report_lists_truncated_wavs_and_non_finite_skips(tmp_path, capsys
     assert report["datasets"]["Mine"]["truncated_kept"] == []
     assert sorted((s["id"], s["reason"]) for s in report["datasets"]["Mine"]["normalization_skipped"]) == [
         ("Mine/anger/b_2", TRUNCATED), ("Mine/joy/c_2", NON_FINITE)]
+
+
+def test_a_full_disk_during_a_build_is_one_line_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from mer_builder.prepare import normalize_audio
+
+    for spk in ("a", "b", "c"):
+        write_tone(tmp_path / "Mine" / "anger" / f"{spk}_1.wav", 48000, 1, 0.5)
+    out = tmp_path / "out"
+    real_replace = normalize_audio.os.replace
+
+    def full_disk(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(normalize_audio.os, "replace", full_disk)
+    argv = ["build", "--folder", f"Mine={tmp_path / 'Mine'}", "--out", str(out), "--jobs", "1", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ENOSPC (No space left on device)" in err[0] and "rerun" in err[0], err
+    assert not list(out.rglob("*.partial"))  # nothing half-written stays
+    monkeypatch.setattr(normalize_audio.os, "replace", real_replace)
+    assert main(argv) == 0 and (out / "meta_manifest.jsonl").is_file()  # space freed: the rerun builds

@@ -14,6 +14,7 @@ with 2; a manifest that fails validation exits with 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import math
 import os
@@ -370,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                       getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -379,6 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # the user's environment (a full disk, a read-only or unwritable folder, a file-size limit), not a bug
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{code} ({exc.strerror}); free space or choose a writable --out, then rerun: the build "
+              "resumes where it stopped", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (a rerun resumes where this one stopped)", file=sys.stderr)

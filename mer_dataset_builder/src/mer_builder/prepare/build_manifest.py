@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mer_builder.atomic import atomic_path
 from mer_builder.labels import EMOTIONS_7
 from mer_builder.lock import FolderLocked, lock_folder
 from mer_builder.prepare.records import RawItem
@@ -142,12 +143,9 @@ def write_manifest(rows: Iterable[dict[str, Any]], out_dir: Path | str) -> Manif
 
 def write_json(path: Path | str, obj: Any) -> None:
     """JSON (UTF-8, indented) written to a temp name and renamed."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, ensure_ascii=False, indent=2, sort_keys=False)
         fh.write("\n")
-    os.replace(tmp, path)
 
 
 def summary_dict(stats: ManifestStats, skipped: dict[str, dict[str, int]] | None = None,
@@ -198,10 +196,9 @@ def write_class_histogram(stats: ManifestStats, path: Path | str) -> None:
         axes[0][-1].legend(fontsize="small")
     fig.suptitle(f"Class histogram ({stats.n_rows} rows)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".partial")
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- the build

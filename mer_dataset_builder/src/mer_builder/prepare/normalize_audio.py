@@ -50,6 +50,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from mer_builder.atomic import atomic_path
 from mer_builder.ffmpeg import ffmpeg_exe
 from mer_builder.prepare.integrity import wav_truncation
 from mer_builder.workers import kill_workers, start_pool, stop_requested
@@ -212,10 +213,8 @@ def _wav_bytes(pcm: np.ndarray) -> bytes:
 
 def _write_atomic(dst: Path, data: bytes) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    with open(tmp, "wb") as fh:
+    with atomic_path(dst) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
-    os.replace(tmp, dst)
 
 
 def normalize_one(src: Path | str, dst: Path | str, options: NormalizeOptions | None = None) -> NormResult:
@@ -324,11 +323,9 @@ class NormalizeState:
     def compact(self) -> None:
         """Rewrite the file with one line per output (atomically)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".partial")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             for e in self.entries.values():
                 fh.write(json.dumps(e, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
 
 
 # ----------------------------------------------------------------------------------------------- many
