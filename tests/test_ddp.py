@@ -7,6 +7,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,10 +143,12 @@ def test_a_nan_on_one_rank_stops_every_rank_with_one_line(tmp_path, store):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(NAN_ON_RANK_1)
+    t0 = time.monotonic()
     proc = _run(_config(tmp_path / "nan", store, batch=8), 2, sitecustomize=site)
-    assert proc.returncode != 0
+    assert proc.returncode != 0 and time.monotonic() - t0 < 120  # no rank left waiting in a collective
+    # each rank stops at the same step with its one line (torchrun may end the second before it prints)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert sorted(ln.split(" at epoch")[0] for ln in lines) == [
-        "error: non-finite loss (nan)", "error: non-finite loss on another rank"], proc.stderr[-2000:]
+    assert lines and {ln.split(" at epoch")[0] for ln in lines} <= {
+        "error: non-finite loss (nan)", "error: non-finite loss on another rank"}, proc.stderr[-2000:]
     assert all("at epoch 1, step 1; stopped." in ln for ln in lines)
     assert not (tmp_path / "nan" / "runs" / "toy" / "checkpoints" / "last.pt").exists()

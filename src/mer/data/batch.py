@@ -11,6 +11,9 @@ One name per concept, in items and batches alike:
   ``input_ids`` [B, L] int64 + ``text_attention_mask`` [B, L]: encoder inputs (end-to-end track);
 - ``input_values`` + ``audio_attention_mask`` as raw waveforms, each clip's own samples, no normalisation
   (frame-level track: the models' front ends normalise); ``audio`` stays the pooled vector of the feature track;
+- with auxiliary heads (``model.heads``; `mer.data.targets.collate_targets`, every track): ``dims`` [B, D] float32
+  ratings normalised to [0, 1] and ``dims_mask`` [B, D] bool (False where a row is unrated: masked out of the loss),
+  ``gender`` [B] int64 (-1 where unknown);
 - training only, after mixup: ``label_b`` [B] int64 (the class of the clip mixed in) and ``mix_lambda`` (a float:
   the weight of ``label``); the loop's loss is then ``lam * loss(label) + (1 - lam) * loss(label_b)``.
 
@@ -34,6 +37,14 @@ class CommonBatch(TypedDict):
     index: Tensor  # [B] int64, positions in the dataset
     audio_mask: Tensor  # [B] bool
     text_mask: Tensor  # [B] bool
+
+
+class TargetsBatch(TypedDict, total=False):
+    """The auxiliary heads' targets, in a batch of any track when the model has dimensional / gender heads."""
+
+    dims: Tensor  # [B, D] float32, ratings normalised per corpus scale to [0, 1]
+    dims_mask: Tensor  # [B, D] bool, False = unrated (never imputed)
+    gender: Tensor  # [B] int64, -1 = unknown
 
 
 class FeatureBatch(CommonBatch):

@@ -35,7 +35,10 @@ ENCODERS_KEY = "encoders"  # end-to-end models: where each encoder came from
 VAL_METRICS_KEY = "val_metrics"  # best.pt: the validation row of its epoch
 TRAIN_COUNTS_KEY = "train_class_counts"  # rows per class of the training view (corpus-aware evaluation)
 # last.pt only: what exact resume restores
-RESUME_KEYS = ("optimizer", "scheduler", "scaler", "early_stopping", "rng", "sample_gen", "aug_gen")
+OPTIMIZER_KEY, SCHEDULER_KEY, SCALER_KEY = "optimizer", "scheduler", "scaler"
+EARLY_STOPPING_KEY = "early_stopping"
+RNG_KEY, SAMPLE_GEN_KEY, AUG_GEN_KEY = "rng", "sample_gen", "aug_gen"  # global RNGs, sampler's and augmentation's
+RESUME_KEYS = (OPTIMIZER_KEY, SCHEDULER_KEY, SCALER_KEY, EARLY_STOPPING_KEY, RNG_KEY, SAMPLE_GEN_KEY, AUG_GEN_KEY)
 RANKS_KEY = "ranks"  # last.pt of a torchrun run: [{rng, aug_gen} of rank 0, of rank 1, ...] (exact resume per rank)
 
 

@@ -38,7 +38,24 @@ from mer.models.heads import logits_of
 from mer.runtime import Precision, rng_state, set_rng_state
 from mer.schema import HeadsConfig, TrackingConfig, TrainConfig
 from mer.training.augmentation import augment_batch
-from mer.training.checkpoint import EPOCH_KEY, RANKS_KEY, RESUME_KEYS, load_checkpoint, save_checkpoint
+from mer.training.checkpoint import (
+    AUG_GEN_KEY,
+    EARLY_STOPPING_KEY,
+    EMA_KEY,
+    EPOCH_KEY,
+    LABELS_KEY,
+    MODEL_KEY,
+    OPTIMIZER_KEY,
+    RANKS_KEY,
+    RESUME_KEYS,
+    RNG_KEY,
+    SAMPLE_GEN_KEY,
+    SCALER_KEY,
+    SCHEDULER_KEY,
+    VAL_METRICS_KEY,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mer.training.early_stopping import EarlyStopping
 from mer.training.ema import make_ema
 from mer.training.history import append_csv_row, truncate_csv
@@ -251,19 +268,19 @@ class Trainer:
 
     def _last_state(self, epoch: int) -> dict:
         """What `last.pt` holds; a collective under torchrun (every rank's RNG states are gathered into it)."""
-        ranks = distributed.all_gather({"rng": rng_state(), "aug_gen": self.aug_gen.get_state()})
+        ranks = distributed.all_gather({RNG_KEY: rng_state(), AUG_GEN_KEY: self.aug_gen.get_state()})
         return {
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "early_stopping": self.early.state_dict(),
-            "rng": rng_state(),
-            "sample_gen": self.sample_gen.get_state(),
-            "aug_gen": self.aug_gen.get_state(),
-            "labels": self.labels,
+            EPOCH_KEY: epoch,
+            MODEL_KEY: self.model.state_dict(),
+            OPTIMIZER_KEY: self.optimizer.state_dict(),
+            SCHEDULER_KEY: self.scheduler.state_dict() if self.scheduler is not None else {},
+            SCALER_KEY: self.scaler.state_dict(),
+            EMA_KEY: self.ema.state_dict() if self.ema is not None else {},
+            EARLY_STOPPING_KEY: self.early.state_dict(),
+            RNG_KEY: rng_state(),
+            SAMPLE_GEN_KEY: self.sample_gen.get_state(),
+            AUG_GEN_KEY: self.aug_gen.get_state(),
+            LABELS_KEY: self.labels,
             **({RANKS_KEY: ranks} if self.world.enabled else {}),
             **self.checkpoint_extra,
         }
@@ -286,28 +303,28 @@ class Trainer:
 
     def _resume(self) -> None:
         state = load_checkpoint(self.ckpt_dir / "last.pt", require=(EPOCH_KEY, *RESUME_KEYS))
-        if list(state.get("labels", [])) != self.labels:
-            raise UserError(f"cannot resume: {self.ckpt_dir / 'last.pt'} was trained on labels {state.get('labels')}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"]:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state["ema"]:
-            self.ema.load_state_dict(state["ema"])
-        self.early.load_state_dict(state["early_stopping"])
-        self.sample_gen.set_state(state["sample_gen"])
+        if list(state.get(LABELS_KEY, [])) != self.labels:
+            raise UserError(f"cannot resume: {self.ckpt_dir / 'last.pt'} was trained on labels {state.get(LABELS_KEY)}")
+        self.model.load_state_dict(state[MODEL_KEY])
+        self.optimizer.load_state_dict(state[OPTIMIZER_KEY])
+        if self.scheduler is not None and state[SCHEDULER_KEY]:
+            self.scheduler.load_state_dict(state[SCHEDULER_KEY])
+        self.scaler.load_state_dict(state[SCALER_KEY])
+        if self.ema is not None and state[EMA_KEY]:
+            self.ema.load_state_dict(state[EMA_KEY])
+        self.early.load_state_dict(state[EARLY_STOPPING_KEY])
+        self.sample_gen.set_state(state[SAMPLE_GEN_KEY])
         saved = len(state.get(RANKS_KEY) or [None])
         if saved != self.world.size:
             raise UserError(f"cannot resume: {self.ckpt_dir / 'last.pt'} was written by {saved} process(es), this "
                             f"run has {self.world.size}; resume with the same torchrun --nproc_per_node x --nnodes")
         mine = state[RANKS_KEY][self.world.rank] if self.world.enabled else state
-        self.aug_gen.set_state(mine["aug_gen"])
-        set_rng_state(mine["rng"])
-        self.start_epoch = int(state["epoch"]) + 1
+        self.aug_gen.set_state(mine[AUG_GEN_KEY])
+        set_rng_state(mine[RNG_KEY])
+        self.start_epoch = int(state[EPOCH_KEY]) + 1
         if self.world.is_main:
             for name in ("metrics_train.csv", "metrics_val.csv"):
-                truncate_csv(self.run_dir / name, int(state["epoch"]))
+                truncate_csv(self.run_dir / name, int(state[EPOCH_KEY]))
 
     # ---------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict:
@@ -466,8 +483,9 @@ class Trainer:
             last_state = self._last_state(epoch)  # a collective under torchrun: every rank takes part
             if self.world.is_main:
                 if is_best:
-                    save_checkpoint({"epoch": epoch, "model": self._eval_model().state_dict(), "labels": self.labels,
-                                     "val_metrics": val_row, **self.checkpoint_extra}, self.ckpt_dir / "best.pt")
+                    save_checkpoint({EPOCH_KEY: epoch, MODEL_KEY: self._eval_model().state_dict(),
+                                     LABELS_KEY: self.labels, VAL_METRICS_KEY: val_row, **self.checkpoint_extra},
+                                    self.ckpt_dir / "best.pt")
                 append_csv_row(self.run_dir / "metrics_train.csv", train_row)
                 append_csv_row(self.run_dir / "metrics_val.csv", val_row)
                 self.tracker.log_epoch(epoch, train_row, val_row)
@@ -492,7 +510,7 @@ def init_from_checkpoint(model: nn.Module, path: str) -> tuple[int, int]:
     this model or half of the checkpoint: anything less means an unrelated checkpoint, an error.
     """
     try:
-        state = load_checkpoint(path)["model"]
+        state = load_checkpoint(path)[MODEL_KEY]
     except UserError as exc:
         raise UserError(f"config key 'train.init_from': {exc}") from None
     own = model.state_dict()
