@@ -499,6 +499,79 @@ def make_folder(root: Path, layout: str = "split", seconds: float = 0.5) -> RawC
     return c
 
 
+# ---------------------------------------------------------------------------------------------------- MSP-Podcast
+MSP_COLUMNS = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
+# (stem, EmoClass, EmoAct, EmoVal, EmoDom, SpkrID, Gender, Split_Set, transcript or None,
+#  expected: (label, split, speaker, gender, (arousal, valence, dominance)) or None)
+MSP_ROWS: list[tuple[Any, ...]] = [
+    ("MSP-PODCAST_0001_0008", "A", "5.6", "2.2", "5.0", "127", "Female", "Train", "Stop doing that right now.",
+     ("anger", "train", "MSP-Podcast/127", "F", (5.6, 2.2, 5.0))),
+    ("MSP-PODCAST_0001_0010", "H", "4.4", "6.0", "4.2", "127", "Female", "Train", "That was\n  wonderful!\n",
+     ("joy", "train", "MSP-Podcast/127", "F", (4.4, 6.0, 4.2))),
+    ("MSP-PODCAST_0002_0001", "N", "4.0", "4.0", "4.0", "5", "Male", "Development", "We start at nine.",
+     ("neutral", "val", "MSP-Podcast/5", "M", (4.0, 4.0, 4.0))),
+    ("MSP-PODCAST_0003_0002", "S", "2.8", "2.0", "3.4", "Unknown", "Unknown", "Test1", "I miss them.",
+     ("sadness", "test", "MSP-Podcast/unknown_MSP-PODCAST_0003_0002", None, (2.8, 2.0, 3.4))),
+    ("MSP-PODCAST_0004_0001", "U", "5.0", "4.6", "4.0", "310", "Male", "Test2", "Really? No way.",
+     ("surprise", "test", "MSP-Podcast/310", "M", (5.0, 4.6, 4.0))),
+    ("MSP-PODCAST_0004_0002", "F", "5.2", "2.4", "3.0", "310", "Male", "Test2", None,  # no transcript file
+     ("fear", "test", "MSP-Podcast/310", "M", (5.2, 2.4, 3.0))),
+    ("MSP-PODCAST_0005_0001", "D", "4.8", "2.6", "n/a", "88", "Female", "Train", "Gross.",  # bad EmoDom
+     ("disgust", "train", "MSP-Podcast/88", "F", (4.8, 2.6, None))),
+    ("MSP-PODCAST_0005_0002", "C", "4.2", "3.0", "5.2", "88", "Female", "Train", "Whatever.", None),
+    ("MSP-PODCAST_0006_0001", "O", "3.6", "3.8", "4.0", "12", "Male", "Train", "Hmm.", None),
+    ("MSP-PODCAST_0006_0002", "X", "4.0", "4.2", "4.4", "12", "Male", "Test1", "So anyway.", None),
+    ("MSP-PODCAST_0007_0001", "Z", "4.0", "4.0", "4.0", "12", "Male", "Train", "Odd code.", None),
+    ("MSP-PODCAST_0008_0001", "N", "4.0", "4.0", "4.0", "12", "Male", "Train", "No audio.", None),  # no WAV
+]
+
+
+def make_msppodcast(root: Path, fmt: str = "csv", seconds: float = 0.5) -> RawCorpus:
+    """The MSP-Podcast release layout (16 kHz mono): `Audios/*.wav`, `Labels/labels_consensus.csv` (fmt "csv") or
+    `.json` (fmt "json": the release's object keyed by FileName, numbers as JSON numbers), `Transcripts/*.txt`.
+    Rows of every class, C/O/X (dropped by the default policy), an unknown code Z, an unparseable EmoDom, a
+    SpkrID/Gender "Unknown", Test1 and Test2, a row without WAV, a WAV without row, a WAV without transcript."""
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"fmt {fmt!r}: expected csv or json")
+    c = RawCorpus(root, "MSP-Podcast")
+    labels = root / "Labels" / f"labels_consensus.{fmt}"
+    for stem, code, _a, _v, _d, _spk, _g, split_set, text, want in MSP_ROWS:
+        if stem != "MSP-PODCAST_0008_0001":
+            write_tone(root / "Audios" / f"{stem}.wav", 16000, 1, seconds)
+        if text is not None:
+            write_bytes(root / "Transcripts" / f"{stem}.txt", text.encode())
+        if want is not None:
+            label, split, speaker, gender, vad = want
+            c.expect(f"MSP-Podcast/Audios/{stem}", label=label, source_label=code, split=split, speaker=speaker,
+                     gender=gender, vad=vad, text=" ".join((text or "").split()), language="en",
+                     split_set=split_set)
+        elif code in ("C", "O", "X"):
+            c.drop(f"MSP-Podcast {code} dropped by policy")
+    write_tone(root / "Audios" / "MSP-PODCAST_0009_0001.wav", 16000, 1, seconds)
+    c.skip("Audios/MSP-PODCAST_0007_0001.wav", "unknown EmoClass code 'Z'")
+    c.skip(f"Labels/labels_consensus.{fmt}", "no WAV MSP-PODCAST_0008_0001.wav")
+    c.skip("Audios/MSP-PODCAST_0009_0001.wav", f"no label row in labels_consensus.{fmt}")
+    if fmt == "csv":
+        lines = [",".join(MSP_COLUMNS)] + [",".join([f"{r[0]}.wav", *r[1:8]]) for r in MSP_ROWS]
+        write_bytes(labels, ("\ufeff" + "\r\n".join(lines) + "\r\n").encode())  # a BOM, as the release's CSV has
+    else:
+        import json
+
+        def value(column: str, text: str) -> Any:
+            if column in ("EmoAct", "EmoVal", "EmoDom"):
+                try:
+                    return float(text)
+                except ValueError:
+                    return text
+            return int(text) if column == "SpkrID" and text.isdigit() else text
+
+        data = {f"{r[0]}.wav": {col: value(col, v) for col, v in zip(MSP_COLUMNS[1:], r[1:8], strict=True)}
+                for r in MSP_ROWS}
+        write_bytes(labels, json.dumps(data, indent=2).encode())
+    c.found = 12  # WAVs: 11 with a label row, 1 without
+    return c
+
+
 # ---------------------------------------------------------------------------------------------------- checking
 def run_parser(parse: Any, root: Path, policy: Any = None, **options: Any) -> tuple[list[Any], Any]:
     """Run a parser to the end with a fresh ParseReport: (items, report)."""

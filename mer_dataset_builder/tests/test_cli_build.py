@@ -182,7 +182,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     base = ["build", "--raw-root", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--quiet"]
     assert _one_line_error(capsys, [*base, "--datasets", "ravdes"]) == (
         "error: --datasets: unknown dataset 'ravdes' (valid: RAVDESS, CREMA-D, MELD, IEMOCAP, ESD, EmoV-DB, MEAD, "
-        "EmoDB)")
+        "EmoDB, MSP-Podcast)")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--policy", "ravdess.calm=maybe"]).startswith(
         "error: policy option 'ravdess.calm=maybe': 'maybe' is not valid for ravdess.calm")
     assert _one_line_error(capsys, [*base, "--datasets", "ravdess", "--ratios", "0.5,0.5"]) == (

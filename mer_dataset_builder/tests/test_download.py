@@ -372,6 +372,7 @@ def test_cremad_without_url_says_how_to_get_it(tmp_path):
         ("IEMOCAP", "IEMOCAP/IEMOCAP_full_release/Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"),
         ("mead", "MEAD/W019/audio/neutral/level_1/020.m4a"),
         ("esd", "ESD/0001/Neutral/0001_000001.wav"),
+        ("msp-podcast", "MSP-Podcast/Labels/labels_consensus.csv"),
     ],
 )
 def test_gated_corpora_raise_instructions(tmp_path, name, layout):
@@ -393,7 +394,8 @@ def test_names_match_case_and_punctuation_insensitively():
     assert corpus_folder("crema_d") == "CREMA-D"
     assert corpus_folder("EMO-DB") == "EmoDB"
     assert corpus_folder("emov db") == "EmoV-DB"
-    assert set(CORPORA) == {"RAVDESS", "CREMA-D", "MELD", "EmoV-DB", "EmoDB", "IEMOCAP", "MEAD", "ESD"}
+    assert set(CORPORA) == {"RAVDESS", "CREMA-D", "MELD", "EmoV-DB", "EmoDB", "IEMOCAP", "MEAD", "ESD",
+                            "MSP-Podcast"}
     with pytest.raises(DownloadError, match="unknown corpus 'tess'; expected one of: RAVDESS, CREMA-D"):
         corpus_folder("tess")
 

@@ -21,7 +21,7 @@ from mer_builder.prepare.parsers import (
 def test_registry_keys_and_names() -> None:
     assert DATASET_NAMES == {
         "ravdess": "RAVDESS", "cremad": "CREMA-D", "meld": "MELD", "iemocap": "IEMOCAP", "esd": "ESD",
-        "emovdb": "EmoV-DB", "mead": "MEAD", "emodb": "EmoDB",
+        "emovdb": "EmoV-DB", "mead": "MEAD", "emodb": "EmoDB", "msppodcast": "MSP-Podcast",
     }
     assert list(PARSERS) == list(DATASET_NAMES)
     assert all(callable(fn) for fn in PARSERS.values())
@@ -32,7 +32,7 @@ def test_registry_keys_and_names() -> None:
     ("name", "key"),
     [("CREMA-D", "cremad"), ("crema_d", "cremad"), ("Crema D", "cremad"), ("EmoV-DB", "emovdb"),
      ("emov_db", "emovdb"), ("EMODB", "emodb"), ("MELD.Raw", "meld"), ("IEMOCAP_full_release", "iemocap"),
-     ("ravdess", "ravdess")],
+     ("ravdess", "ravdess"), ("MSP-Podcast", "msppodcast"), ("MSP-PODCAST-Publish-1.11", "msppodcast")],
 )
 def test_canonical_key(name: str, key: str) -> None:
     assert canonical_key(name) == key
@@ -42,7 +42,7 @@ def test_unknown_name_lists_valid_ones() -> None:
     with pytest.raises(ValueError) as err:
         canonical_key("SAVEE")
     assert str(err.value) == (
-        "unknown dataset 'SAVEE' (valid: RAVDESS, CREMA-D, MELD, IEMOCAP, ESD, EmoV-DB, MEAD, EmoDB)")
+        "unknown dataset 'SAVEE' (valid: RAVDESS, CREMA-D, MELD, IEMOCAP, ESD, EmoV-DB, MEAD, EmoDB, MSP-Podcast)")
     assert dataset_name("emov db") == "EmoV-DB"
 
 

@@ -20,6 +20,9 @@ def test_defaults_and_describe() -> None:
         "iemocap.oth": "drop",
         "iemocap.xxx": "drop",
         "iemocap": "7class",
+        "msppodcast.contempt": "drop",
+        "msppodcast.other": "drop",
+        "msppodcast.noagreement": "drop",
     }
     assert policy.target("ravdess_calm") == "neutral"
     assert policy.target("mead_contempt") is None
@@ -47,7 +50,8 @@ def test_from_options_any_spelling() -> None:
                              "(expected one of: neutral, drop)"),
         ("ravdess.happy=joy", "policy option 'ravdess.happy=joy': unknown key 'ravdess.happy' (valid keys: "
                               "ravdess.calm, mead.contempt, emovdb.sleepy, emodb.boredom, iemocap.fru, iemocap.oth, "
-                              "iemocap.xxx, iemocap)"),
+                              "iemocap.xxx, iemocap, msppodcast.contempt, msppodcast.other, "
+                              "msppodcast.noagreement)"),
         ("ravdess.calm", "policy option 'ravdess.calm' is not KEY=VALUE (valid keys: ravdess.calm,"),
         ("iemocap=5class", "'5class' is not valid for iemocap (expected one of: 7class, 4class)"),
         ("iemocap.fru=annoyed", "(expected one of: drop, anger, disgust, fear, joy, sadness, surprise, neutral)"),

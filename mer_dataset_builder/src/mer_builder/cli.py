@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="parse -> normalize -> split -> manifest -> validate",
                        description="Build meta_manifest.jsonl/.csv and 16 kHz mono WAVs from raw corpora.")
-    b.add_argument("--datasets", help="comma-separated names (ravdess,crema-d,meld,iemocap,esd,emov-db,mead,emodb) "
+    b.add_argument("--datasets", help="comma-separated names (ravdess,crema-d,meld,iemocap,esd,emov-db,mead,emodb,"
+                                      "msp-podcast) "
                                       "or 'all' (every corpus found under --raw-root)")
     b.add_argument("--raw-root", help="folder holding one sub-folder per corpus, named like the dataset "
                                       "(case and punctuation ignored: RAVDESS/, crema_d/, MELD.Raw/)")
@@ -326,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a parser option, e.g. mead.sentences=mead_sentences.csv, MyCorpus.speaker_regex='^(\\d+)_', "
                         "MyCorpus.label_map=happy:joy,mad:anger, MyCorpus.language=de, MyCorpus.transcripts=t.csv")
     b.add_argument("--policy", action="append", metavar="KEY=VALUE",
-                   help="label policy, e.g. ravdess.calm=drop, mead.contempt=disgust, iemocap=4class")
+                   help="label policy, e.g. ravdess.calm=drop, mead.contempt=disgust, iemocap=4class, "
+                        "msppodcast.other=drop")
     b.add_argument("--jobs", type=int, default=None, help=f"worker processes (default: the CPU cores, {os.cpu_count()})")
     b.add_argument("--seed", type=int, default=0, help="seed of the speaker split (default 0)")
     b.add_argument("--ratios", default="0.8,0.1,0.1", help="train,val,test speaker-split ratios (default 0.8,0.1,0.1)")
@@ -362,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("download", help="download a public corpus (or print how to get a gated one)",
                        description="Download, verify and extract a corpus into DEST/<FOLDER>.")
-    g.add_argument("name", help="ravdess, crema-d, meld, emov-db, emodb (iemocap, mead, esd: instructions)")
+    g.add_argument("name", help="ravdess, crema-d, meld, emov-db, emodb (iemocap, mead, esd, msp-podcast: "
+                                "instructions)")
     g.add_argument("--dest", required=True, help="the raw root folder")
     g.add_argument("--url", default=None, help="a mirror of the official archive")
     g.add_argument("--sha256", default=None, help="checksum of the mirror's archive")

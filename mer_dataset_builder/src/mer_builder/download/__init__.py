@@ -1,9 +1,9 @@
 """Corpus downloads: official URLs and checksums, resumable verified fetches, safe extraction, and the exact
 manual-download instructions for corpora that cannot be fetched (CREMA-D's Git LFS audio) or are
-licence-gated (IEMOCAP, MEAD, ESD).
+licence-gated (IEMOCAP, MEAD, ESD, MSP-Podcast).
 
-Every corpus lands in `dest/<FOLDER>` (RAVDESS, CREMA-D, MELD, EmoV-DB, EmoDB, IEMOCAP, MEAD, ESD), the
-layout `mer-builder build --raw-root dest` reads; archives are kept in `dest/downloads/` for resuming.
+Every corpus lands in `dest/<FOLDER>` (RAVDESS, CREMA-D, MELD, EmoV-DB, EmoDB, IEMOCAP, MEAD, ESD,
+MSP-Podcast), the layout `mer-builder build --raw-root dest` reads; archives are kept in `dest/downloads/` for resuming.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from mer_builder.download import cremad, emodb, emovdb, esd, iemocap, mead, meld, ravdess
+from mer_builder.download import cremad, emodb, emovdb, esd, iemocap, mead, meld, msppodcast, ravdess
 from mer_builder.download.common import (
     DownloadError,
     GatedCorpus,
@@ -34,7 +34,7 @@ __all__ = [
     "safe_extract",
 ]
 
-_MODULES: tuple[ModuleType, ...] = (ravdess, cremad, meld, emovdb, emodb, iemocap, mead, esd)
+_MODULES: tuple[ModuleType, ...] = (ravdess, cremad, meld, emovdb, emodb, iemocap, mead, esd, msppodcast)
 CORPORA: dict[str, str] = {m.FOLDER: m.KIND for m in _MODULES}  # folder name -> public | manual | gated
 
 

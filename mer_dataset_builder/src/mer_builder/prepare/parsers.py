@@ -19,6 +19,7 @@ from mer_builder.prepare import (
     parse_iemocap,
     parse_mead,
     parse_meld,
+    parse_msppodcast,
     parse_ravdess,
 )
 from mer_builder.prepare.policy import LabelPolicy
@@ -35,6 +36,7 @@ _MODULES = {
     "emovdb": parse_emovdb,
     "mead": parse_mead,
     "emodb": parse_emodb,
+    "msppodcast": parse_msppodcast,
 }
 #: key -> canonical dataset name (the manifest's `dataset` and id prefix)
 DATASET_NAMES: dict[str, str] = {key: module.DATASET for key, module in _MODULES.items()}
@@ -42,6 +44,8 @@ DATASET_NAMES: dict[str, str] = {key: module.DATASET for key, module in _MODULES
 PARSERS: dict[str, ParserFn] = {key: module.parse for key, module in _MODULES.items()}
 # names the distributions themselves use for their top folder (normalised: lower case, letters and digits only)
 _ALIASES = {"meldraw": "meld", "iemocapfullrelease": "iemocap", "emotionspeechdataset": "esd"}
+# versioned release folders: MSP-PODCAST-Publish-1.11, MSP_Podcast_v1.12, MSPPodcast1.10 ...
+_PATTERN_ALIASES = ((re.compile(r"msppodcast(?:publish)?(?:v?\d+)?"), "msppodcast"),)
 
 
 def _norm(name: str) -> str:
@@ -50,12 +54,16 @@ def _norm(name: str) -> str:
 
 def canonical_key(name: str) -> str:
     """Registry key of a dataset name, without regard to case or punctuation ("CREMA-D", "crema_d", "Crema D",
-    "EmoV-DB", "emov_db" ...). An unknown name raises a one-line ValueError listing the valid names."""
+    "EmoV-DB", "emov_db", "MSP-PODCAST-Publish-1.11" ...). An unknown name raises a one-line ValueError listing the
+    valid names."""
     norm = _norm(str(name))
     if norm in _MODULES:
         return norm
     if norm in _ALIASES:
         return _ALIASES[norm]
+    for pattern, key in _PATTERN_ALIASES:
+        if pattern.fullmatch(norm):
+            return key
     valid = ", ".join(DATASET_NAMES.values())
     raise ValueError(f"unknown dataset {name!r} (valid: {valid})")
 

@@ -8,9 +8,12 @@
 | `emodb.boredom` | emodb_boredom | neutral, drop | drop |
 | `iemocap.fru` / `.oth` / `.xxx` | iemocap_fru, ... | drop or one of the 7 classes | drop |
 | `iemocap` (or `iemocap.preset`) | iemocap_preset | 7class, 4class | 7class |
+| `msppodcast.contempt` | msppodcast_contempt | disgust, drop | drop |
+| `msppodcast.other` / `.noagreement` | msppodcast_other, ... | drop or one of the 7 classes | drop |
 
 `iemocap=4class` keeps only neu, hap+exc (joy), sad and ang (the usual IEMOCAP-4 set); it cannot be combined with
-keeping fru/oth/xxx. Keys are matched without regard to case or punctuation (`EmoV-DB.sleepy`, `emodb_boredom`).
+keeping fru/oth/xxx. MSP-Podcast's EmoClass C (contempt), O (other) and X (no agreement) follow the
+`msppodcast.*` fields, as MEAD's contempt and IEMOCAP's oth/xxx do (a dropped row loses its ratings too). Keys are matched without regard to case or punctuation (`EmoV-DB.sleepy`, `emodb_boredom`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ _FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "iemocap_oth": ("iemocap.oth", _LABEL_OR_DROP),
     "iemocap_xxx": ("iemocap.xxx", _LABEL_OR_DROP),
     "iemocap_preset": ("iemocap", ("7class", "4class")),
+    "msppodcast_contempt": ("msppodcast.contempt", ("disgust", DROP)),
+    "msppodcast_other": ("msppodcast.other", _LABEL_OR_DROP),
+    "msppodcast_noagreement": ("msppodcast.noagreement", _LABEL_OR_DROP),
 }
 IEMOCAP_4CLASS_SOURCES = ("neu", "hap", "exc", "sad", "ang")
 
@@ -59,6 +65,9 @@ class LabelPolicy:
     iemocap_oth: str = DROP
     iemocap_xxx: str = DROP
     iemocap_preset: str = "7class"
+    msppodcast_contempt: str = DROP
+    msppodcast_other: str = DROP
+    msppodcast_noagreement: str = DROP
 
     def __post_init__(self) -> None:
         for field, (shown, allowed) in _FIELDS.items():
