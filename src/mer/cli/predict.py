@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from mer.errors import UserError
+from mer.serving import asr as serving_asr
 from mer.serving import predict as serving
 
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--asr", metavar="MODEL_OR_DIR", help="Whisper (hub name or folder) transcribing clips without text")
+    p.add_argument("--asr-language", help="the clips' language for --asr (en, english, ...; default: detected)")
+    p.add_argument("--asr-cache", help=f"the transcript cache (default: {serving_asr.CACHE_NAME} beside --out)")
     return p
 
 
@@ -36,13 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: expected >= 1")
     predictor = serving.load_predictor(args.run, args.checkpoint, args.device)
+    asr = serving_asr.load_asr(args.asr, language=args.asr_language, device=args.device, batch_size=args.batch_size,
+                               cache=args.asr_cache or Path(args.out).with_name(serving_asr.CACHE_NAME),
+                               progress=not args.quiet) if args.asr and predictor.uses_text else None
     inputs = serving.path_inputs(args.inputs, text=args.text, speaker=args.speaker)
+    inputs = asr.fill_inputs(inputs) if asr else inputs
     if args.manifest:
-        inputs += serving.manifest_inputs(args.manifest, speaker_column=args.speaker_column,
-                                  context_turns=int(predictor.cfg.data.context_turns))
-    if predictor.uses_text and not predictor.uses_audio and not any(i.text.strip() for i in inputs):
-        raise UserError(f"{args.run}: a text-only model; give transcripts (--text or a manifest's text)")
+        kw = {"speaker_column": args.speaker_column, "context_turns": int(predictor.cfg.data.context_turns)}
+        inputs += (asr.manifest_inputs if asr else serving.manifest_inputs)(args.manifest, **kw)
+    if not asr and predictor.uses_text and not predictor.uses_audio and not any(i.text.strip() for i in inputs):
+        raise UserError(f"{args.run}: a text-only model; give transcripts (--text, a manifest's text or --asr)")
     result = serving.predict_inputs(predictor, inputs, batch_size=args.batch_size, progress=not args.quiet)
+    result.skipped[:0] = asr.skipped if asr else []
     for rid, why in result.skipped[:20]:
         print(f"skipped {why}" if rid in why else f"skipped {rid}: {why}")
     if len(result.skipped) > 20:
@@ -58,5 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speaker norm {own} of {len(result.rows)} clips with their speaker's own statistics (>= "
               f"{predictor.min_speaker_rows} clips of a speaker id: --speaker / --speaker-column); the rest with "
               "the training statistics (see the speaker_norm column)")
+    if args.asr:
+        print(f"asr         {asr.summary() if asr else 'not used: the model does not read text'}")
     print(f"predicted   {len(result.rows)} clips, {len(result.skipped)} skipped, {result.seconds:.1f}s -> {Path(out)}")
     return 0

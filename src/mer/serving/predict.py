@@ -379,13 +379,15 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str | 
 
 @dataclass
 class Input:
-    """One thing to predict: its id (the manifest id, else the path), its file, text, previous turns, speaker."""
+    """One thing to predict: its id (the manifest id, else the path), its file, text, previous turns, speaker, and
+    where its text came from (`text_source`: "given", "asr", "asr_cache"; "" = given when there is one, else none)."""
 
     id: str
     path: Path
     text: str = ""
     context: list[str] = field(default_factory=list)
     speaker: str | None = None
+    text_source: str = ""
 
 
 def read_table(path: Path) -> list[dict]:
@@ -412,14 +414,16 @@ def read_table(path: Path) -> list[dict]:
     return rows
 
 
-def manifest_inputs(path: str | Path, *, speaker_column: str | None = None, context_turns: int = 0) -> list[Input]:
+def manifest_inputs(path: str | Path, *, speaker_column: str | None = None, context_turns: int = 0,
+                    rows: list[dict] | None = None) -> list[Input]:
     """A manifest's rows as inputs: `audio_path` relative to the manifest's folder (or absolute), `id` (else the
     path), `text`, the speaker from `speaker_column` (default `speaker`), and with `context_turns` the previous
-    turns of the row's dialogue (`dialogue_id`, `turn`), as training builds them."""
+    turns of the row's dialogue (`dialogue_id`, `turn`), as training builds them. `rows`: the manifest's rows
+    already read (e.g. with transcribed texts, `mer.serving.asr`) instead of reading `path`."""
     from mer.data.context import context_parts
 
     path = Path(path)
-    rows = read_table(path)
+    rows = read_table(path) if rows is None else rows
     if not rows:
         raise UserError(f"{path}: the manifest has no rows")
     column = speaker_column or "speaker"
@@ -520,6 +524,7 @@ def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int
     notes = [n for o in outs for n in o.notes]
     dims = {k: np.concatenate([o.dims[k] for o in outs]) for k in (outs[0].dims if outs else {})}
     rows = []
+    transcribed = any(inp.text_source in ("asr", "asr_cache") for inp in kept)
     for i, inp in enumerate(kept):
         row = {"id": inp.id, "path": str(inp.path), "pred": predictor.labels[int(probs[i].argmax())],
                "confidence": float(probs[i].max())}
@@ -527,6 +532,10 @@ def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int
         row.update({f"{name}_01": float(v[i]) for name, v in dims.items()})
         if predictor.speaker_norm:
             row["speaker_norm"] = notes[i]
+        if predictor.uses_text:  # given / asr / asr_cache / none, and the transcripts when ASR made some
+            row["text_source"] = inp.text_source or ("given" if inp.text.strip() else "none")
+            if transcribed:
+                row["text"] = inp.text
         rows.append(row)
     return BatchResult(rows, skipped, time.perf_counter() - t0)
 
