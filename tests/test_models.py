@@ -393,3 +393,28 @@ def test_model_summary_counts_parameters():
     assert summary["trainable_params"] == total - frozen
     assert summary["by_module"]["audio_proj"] == frozen
     assert sum(summary["by_module"].values()) == total
+
+
+def test_input_dropout_drops_input_features_in_training_only_and_keeps_the_checkpoint_keys():
+    from mer.config import validate
+    from mer.schema import ModelConfig
+
+    def make(p):
+        cfg = validate({"name": "flexible_at", "mode": "A", "hidden_dim": 8, "dropout": 0.0, "input_dropout": p,
+                        "audio_dim": 500}, ModelConfig)
+        torch.manual_seed(0)
+        return build_model(cfg, 3)
+
+    plain, dropped = make(0.0), make(0.5)
+    assert set(plain.state_dict()) == set(dropped.state_dict())  # the same checkpoint either way
+    dropped.load_state_dict(plain.state_dict())
+    x = {"audio": torch.randn(4, 500), "audio_mask": torch.ones(4, dtype=torch.bool),
+         "text_mask": torch.zeros(4, dtype=torch.bool)}
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(plain(x), dropped(x))  # evaluation: no dropout
+    dropped.train()
+    seen = []
+    dropped.audio_proj.input_dropout.register_forward_hook(lambda m, i, o: seen.append(o))
+    dropped(x)
+    zeros = (seen[0] == 0).float().mean().item()
+    assert 0.4 < zeros < 0.6  # about half of the input features dropped in training

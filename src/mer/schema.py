@@ -223,6 +223,7 @@ class ModelConfig:
     mode: Literal["A", "T", "AT"] = "AT"
     hidden_dim: int = 256
     dropout: float = 0.2
+    input_dropout: float = 0.0  # feature models: dropout on the input vectors (high-dimensional functionals)
     ffn_mult: float = 2.0  # SwiGLU hidden = hidden_dim * ffn_mult
     fusion: FusionConfig = field(default_factory=FusionConfig)
     audio_dim: int | None = None  # filled from the store; a value given here must match it

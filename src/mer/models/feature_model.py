@@ -21,7 +21,8 @@ class FeatureModel(nn.Module):
         self.n_classes = n_classes
         self.dims = {m: int(getattr(cfg, f"{m}_dim")) for m in self.modalities}
         for m in self.modalities:
-            setattr(self, f"{m}_proj", ModalityProjection(self.dims[m], cfg.hidden_dim, cfg.dropout, activation))
+            setattr(self, f"{m}_proj", ModalityProjection(self.dims[m], cfg.hidden_dim, cfg.dropout, activation,
+                                                          input_dropout=cfg.input_dropout))
 
     def project(self, batch: dict, modality: str, dtype) -> tuple[Tensor, Tensor]:
         """(projected features [B, hidden], presence mask [B]) of one modality; masked rows' inputs are zeroed."""

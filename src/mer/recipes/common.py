@@ -62,6 +62,7 @@ def check_train_config(cfg: ExperimentConfig) -> None:
         ("train.weight_decay", train.weight_decay, train.weight_decay >= 0, ">= 0"),
         ("train.best_metric", train.best_metric, train.best_metric in allowed, f"one of {', '.join(allowed)}"),
         ("train.ema.decay", train.ema.decay, 0.0 <= train.ema.decay <= 1.0, "in [0, 1]"),
+        ("model.input_dropout", cfg.model.input_dropout, 0.0 <= cfg.model.input_dropout < 1.0, "in [0, 1)"),
         ("train.loss.label_smoothing", train.loss.label_smoothing, 0.0 <= train.loss.label_smoothing <= 1.0,
          "in [0, 1]"),
         ("train.augment.modality_dropout", train.augment.modality_dropout,
