@@ -119,6 +119,8 @@ def test_a_speaker_in_train_and_test_is_refused_unless_the_protocol_says_so(tmp_
     assert run_cli(train_cli.main, ["--config", str(config), "--set", "data.protocol=speaker_dependent"]) == 0
     metrics = json.loads((tmp_path / "runs" / "lin" / "eval_test" / "metrics_eval.json").read_text())
     assert metrics["protocol"]["speakers"] == "speaker_dependent"
+    notes = json.loads((tmp_path / "runs" / "lin" / "task_report.json").read_text())["protocol_notes"]
+    assert any("speakers also in training (protocol speaker_dependent)" in n for n in notes)  # said in the report
 
 
 def test_official_split_corpora_sharing_speakers_are_only_noted(tmp_path, capsys):

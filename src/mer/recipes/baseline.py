@@ -83,6 +83,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: features.open_view(store, cfg, name) for name in cfg.data.eval_views}
     task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    task_report["protocol_notes"] = notes  # shared speakers / transcripts, also in task_report.json
     model, extra = features.build(cfg, store)
     extra.update(features.train_counts(train_set))
     extra.update(features.fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))

@@ -193,6 +193,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: open_view(cfg, rows, manifest, name, encoders) for name in cfg.data.eval_views}
     task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    task_report["protocol_notes"] = leakage_notes  # shared speakers / transcripts, also in task_report.json
     attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     labels = train_set.labels
     model = build_model(cfg.model, len(labels), encoders=encoders)

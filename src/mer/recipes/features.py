@@ -170,6 +170,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: open_view(store, cfg, name) for name in cfg.data.eval_views}
     task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    task_report["protocol_notes"] = leakage_notes  # shared speakers / transcripts, also in task_report.json
     attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     model, extra = build(cfg, store)
     extra.update(train_counts(train_set))

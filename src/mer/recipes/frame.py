@@ -214,6 +214,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     eval_sets = {name: datasets[name] if name != cfg.data.train_view else val_set for name in cfg.data.eval_views}
     task_report = check_task_rows(cfg, train_set, val_set, eval_sets)
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
+    task_report["protocol_notes"] = leakage_notes  # shared speakers / transcripts, also in task_report.json
     attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     if cfg.train.init_from and not resume:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
