@@ -14,6 +14,7 @@ from test_protocols import LABELS, toy, write_config  # noqa: F401  (the module 
 
 from mer.cli import ensemble as ensemble_cli
 from mer.errors import run_cli
+from mer.evaluation.calibration import apply_temperature, run_temperature
 from mer.recipes.cv import plan_cv, run_cv
 from mer.recipes.ensemble import choose_weights, combine, plan_ensemble, run_ensemble
 
@@ -31,11 +32,14 @@ def _cv(tmp_path: Path, store: Path, name: str, linear: dict, scheme: str = "spe
     return out
 
 
-def _probs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+def _probs(path: Path, calibrated: bool = False) -> tuple[list[str], list[str], np.ndarray]:
+    """(ids, labels, probabilities) of a predictions.csv, sorted by id; `calibrated`: with its run's temperature."""
     with path.open(newline="") as fh:
         rows = sorted(csv.DictReader(fh), key=lambda r: r["id"])
-    return ([r["id"] for r in rows], [r["label"] for r in rows],
-            np.array([[float(r[f"prob_{c}"]) for c in LABELS] for r in rows]))
+    probs = np.array([[float(r[f"prob_{c}"]) for c in LABELS] for r in rows])
+    if calibrated:
+        probs = apply_temperature(probs, run_temperature(path.parents[1]))
+    return [r["id"] for r in rows], [r["label"] for r in rows], probs
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +69,16 @@ def test_ensemble_weights_on_validation_and_combined_test_probabilities(members)
     for fold, fw in zip(folds, ens["per_fold_weights"], strict=True):
         run = f"{fold['name']}_seed0"
         # the weights maximise validation macro-F1 on the grid; each member alone is a grid point
-        vals = [_probs(m / "runs" / run / "eval_cv_val" / "predictions.csv") for m in (strong, weak)]
+        vals = [_probs(m / "runs" / run / "eval_cv_val" / "predictions.csv", True) for m in (strong, weak)]
         y_val = np.array([LABELS.index(lab) for lab in vals[0][1]])
         alone = [f1_score(y_val, v[2].argmax(1), average="macro", labels=range(len(LABELS)), zero_division=0)
                  for v in vals]
         assert fw["val_macro_f1"] >= max(alone) - 1e-9
         w, scores = choose_weights(np.stack([v[2] for v in vals]), y_val)
         assert list(np.round(w, 6)) == fw["weights"]
-        # the fold's ensemble probabilities: the weighted geometric mean of the members' test probabilities
-        tests = [_probs(m / "runs" / run / "eval_cv_test" / "predictions.csv") for m in (strong, weak)]
+        # the fold's ensemble probabilities: the weighted geometric mean of the members' calibrated test probabilities
+        assert run_temperature(strong / "runs" / run) not in (None, 1.0)  # the members' temperatures are used
+        tests = [_probs(m / "runs" / run / "eval_cv_test" / "predictions.csv", True) for m in (strong, weak)]
         expected = np.exp(w[0] * np.log(tests[0][2]) + w[1] * np.log(tests[1][2]))
         expected /= expected.sum(1, keepdims=True)
         ids, labels, got = _probs(out / "runs" / run / "eval_cv_test" / "predictions.csv")
@@ -85,6 +90,15 @@ def test_ensemble_weights_on_validation_and_combined_test_probabilities(members)
     assert summary["pooled"]["macro_f1"] == pytest.approx(ref)
     assert (out / "pooled_test" / "confusion_matrix.csv").is_file()
     assert "| cv_strong |" in (out / "cv_summary.md").read_text()
+
+    # --uncalibrated: the raw probabilities, with equal weights the plain geometric mean
+    raw = tmp / "ens_raw"
+    run_ensemble(plan_ensemble([strong, weak], raw, weights="equal", calibrated=False), n_boot=50)
+    run = f"{folds[0]['name']}_seed0"
+    tests = [_probs(m / "runs" / run / "eval_cv_test" / "predictions.csv") for m in (strong, weak)]
+    expected = np.sqrt(tests[0][2] * tests[1][2])
+    np.testing.assert_allclose(_probs(raw / "runs" / run / "eval_cv_test" / "predictions.csv")[2],
+                               expected / expected.sum(1, keepdims=True), atol=1e-5)
 
 
 def test_combine_rules_by_hand():

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="weight grid step 1/STEPS (default 10)")
     p.add_argument("--view", default="cv_test", help="run-dir members: the evaluated view (default cv_test)")
     p.add_argument("--val-view", default=None, help="run-dir members: the validation view (default data.val_view)")
+    p.add_argument("--uncalibrated", action="store_true", help="combine the raw probabilities, not each run's "
+                   "temperature-calibrated ones")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     return p
 
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = plan_ensemble(args.members, args.out, rule=args.rule, objective=args.objective, steps=args.steps,
-                         weights=args.weights, view=args.view, val_view=args.val_view)
+                         weights=args.weights, view=args.view, val_view=args.val_view,
+                         calibrated=not args.uncalibrated)
     run_ensemble(plan, n_boot=args.bootstrap)
     print((plan.out / SUMMARY_MD).read_text(encoding="utf-8"))
     print(f"wrote {plan.out}")

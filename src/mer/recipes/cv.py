@@ -31,6 +31,7 @@ from mer.data.task import task_label_ids
 from mer.data.views import select_rows
 from mer.errors import UserError
 from mer.evaluation.bootstrap import cv_summary
+from mer.evaluation.calibration import apply_temperature, run_temperature
 from mer.evaluation.reports import write_eval_outputs
 from mer.features.joined import open_stores
 from mer.io import atomic_write_text
@@ -210,11 +211,14 @@ def summarize(plan: CVPlan, labels: list[str], n_boot: int = 1000) -> dict:
 
 
 def fold_ensemble(plan: CVPlan, view: str, labels: list[str]) -> dict:
-    """The mean of every fold model's (and seed's) log-probabilities on `view`, evaluated like a run."""
+    """The mean of every fold model's (and seed's) calibrated log-probabilities on `view` (each run's temperature,
+    where it has one), evaluated like a run."""
     logs, ids0, y0 = [], None, None
     for seed in plan.seeds:
         for fold in plan.folds:
-            ids, y, probs = _predictions(plan.out / "runs" / plan.run_name(fold, seed), view, labels)
+            run_dir = plan.out / "runs" / plan.run_name(fold, seed)
+            ids, y, probs = _predictions(run_dir, view, labels)
+            probs = apply_temperature(probs, run_temperature(run_dir, plan.cfg.eval.checkpoint))  # each fold's T
             order = np.argsort(ids)
             ids, y, probs = [ids[i] for i in order], y[order], probs[order]
             if ids0 is None:

@@ -10,6 +10,10 @@ Members are either **CV folders** (written by `cv.py`: `folds.json`, `cv_summary
 label list, or the ensemble is refused with a one-line error. A member with several seeds is first combined over
 its seeds with the same rule (equal weights).
 
+Each member run's predictions are first calibrated with its own temperature (`<run>/calibration.json`, fitted on
+its validation view; `calibrated=False` / `--uncalibrated` uses the raw probabilities), so that members of
+different confidence scales combine on one footing.
+
 Rules: `logprob` (default): softmax(sum_m w_m log p_m), the weighted geometric mean of the members' distributions;
 `prob`: sum_m w_m p_m, the weighted arithmetic mean (no temperature). Weights are >= 0 and sum to 1.
 
@@ -47,6 +51,7 @@ import yaml
 
 from mer.errors import UserError
 from mer.evaluation.bootstrap import cv_summary, resampled_metrics
+from mer.evaluation.calibration import apply_temperature, run_temperature
 from mer.evaluation.reports import write_eval_outputs
 from mer.io import atomic_write_text
 
@@ -116,6 +121,12 @@ def read_predictions(path: Path, labels: list[str] | None = None) -> tuple[list[
     return found, Part([r["id"] for r in rows], y, probs[None])
 
 
+def _calibrated(part: Part, run: Path, calibrated: bool) -> Part:
+    """The run's predictions with its own temperature applied (unchanged without calibration.json or when off)."""
+    t = run_temperature(run) if calibrated else None
+    return part if t is None else Part(part.ids, part.y, apply_temperature(part.probs[0], t)[None])
+
+
 def _stack_seeds(parts: list[Part], where: str) -> Part:
     first = parts[0]
     for p in parts[1:]:
@@ -131,7 +142,7 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path}: not readable JSON ({exc})") from None
 
 
-def load_cv_member(folder: Path) -> Member:
+def load_cv_member(folder: Path, calibrated: bool = True) -> Member:
     """A finished CV folder: its folds, each fold's test (and, where written, validation) predictions per seed."""
     if not (folder / SUMMARY_JSON).is_file():
         raise UserError(f"{folder}: not a finished CV folder (no {SUMMARY_JSON}; run cv.py to the end first)")
@@ -148,10 +159,10 @@ def load_cv_member(folder: Path) -> Member:
             if part.ids != sorted(fold["test_ids"]):
                 raise UserError(f"{run}: its {TEST_VIEW} predictions are not the rows of fold {fold['name']} in "
                                 f"{folder / 'folds.json'}")
-            tests.append(part)
+            tests.append(_calibrated(part, run, calibrated))
             vpath = run / f"eval_{VAL_VIEW}" / "predictions.csv"
             if fold.get("val_ids") and vpath.is_file():
-                vals.append(read_predictions(vpath, labels)[1])
+                vals.append(_calibrated(read_predictions(vpath, labels)[1], run, calibrated))
         test.append(_stack_seeds(tests, f"{folder} fold {fold['name']}"))
         if len(vals) == len(seeds):
             val.append(_stack_seeds(vals, f"{folder} fold {fold['name']} ({VAL_VIEW})"))
@@ -168,9 +179,10 @@ def load_cv_member(folder: Path) -> Member:
     return Member(folder, "cv", labels, [f["name"] for f in folds], test, val, seeds, summary.get("protocol"), reason)
 
 
-def load_run_member(run: Path, view: str, val_view: str | None = None) -> Member:
+def load_run_member(run: Path, view: str, val_view: str | None = None, calibrated: bool = True) -> Member:
     """A run directory evaluated on `view` (and, for weights, on its validation view) as a one-fold member."""
     labels, part = read_predictions(run / f"eval_{view}" / "predictions.csv")
+    part = _calibrated(part, run, calibrated)
     cfg_path = run / "config_resolved.yaml"
     data = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("data", {}) if cfg_path.is_file() else {}
     val_view = val_view or data.get("val_view")
@@ -182,18 +194,19 @@ def load_run_member(run: Path, view: str, val_view: str | None = None) -> Member
     elif not (run / f"eval_{val_view}" / "predictions.csv").is_file():
         reason = f"{run.name}: not evaluated on its validation view {val_view!r} (evaluate.py --view {val_view})"
     else:
-        vpart = read_predictions(run / f"eval_{val_view}" / "predictions.csv", labels)[1]
+        vpart = _calibrated(read_predictions(run / f"eval_{val_view}" / "predictions.csv", labels)[1], run, calibrated)
     metrics = run / f"eval_{view}" / "metrics_eval.json"
     protocol = _read_json(metrics).get("protocol") if metrics.is_file() else None
     return Member(run, "run", labels, [view], [part], [vpart], [0], protocol, reason)
 
 
-def load_member(path: str | Path, view: str = TEST_VIEW, val_view: str | None = None) -> Member:
+def load_member(path: str | Path, view: str = TEST_VIEW, val_view: str | None = None,
+                calibrated: bool = True) -> Member:
     path = Path(path)
     if (path / "folds.json").is_file():
-        return load_cv_member(path)
+        return load_cv_member(path, calibrated)
     if (path / f"eval_{view}").is_dir():
-        return load_run_member(path, view, val_view)
+        return load_run_member(path, view, val_view, calibrated)
     raise UserError(f"{path}: neither a CV folder (folds.json) nor a run directory with eval_{view}/")
 
 
@@ -220,7 +233,7 @@ def check_members(members: list[Member]) -> None:
 
 def plan_ensemble(paths: list[str | Path], out: str | Path, rule: str = "logprob", objective: str = "macro_f1",
                   steps: int = 10, weights: str = "val", view: str = TEST_VIEW,
-                  val_view: str | None = None) -> EnsemblePlan:
+                  val_view: str | None = None, calibrated: bool = True) -> EnsemblePlan:
     """Read and check every member before anything is written."""
     if rule not in RULES:
         raise UserError(f"--rule {rule!r}: expected one of {', '.join(RULES)}")
@@ -230,7 +243,7 @@ def plan_ensemble(paths: list[str | Path], out: str | Path, rule: str = "logprob
         raise UserError(f"--weights {weights!r}: expected val or equal")
     if steps < 1:
         raise UserError(f"--steps: expected >= 1, got {steps}")
-    members = [load_member(p, view, val_view) for p in paths]
+    members = [load_member(p, view, val_view, calibrated) for p in paths]
     check_members(members)
     out = Path(out).resolve()
     if any(out == m.source.resolve() for m in members):
