@@ -307,3 +307,17 @@ def test_evaluation_uses_ema_weights_when_ema_is_on(tmp_path, store):
         assert all(torch.equal(best["model"][k], ema_weights[k]) for k in best["model"])
     assert any(not torch.equal(last["model"][k], ema_weights[k]) for k in ema_weights)
     assert np.isfinite(best["val_metrics"]["macro_f1"])
+
+
+def test_evaluate_prints_a_per_class_table(tmp_path, store, capsys):
+    config = write_config(tmp_path, store, train={"epochs": 1, "progress": False, "scheduler": {"name": "none"}})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 0
+    capsys.readouterr()
+    assert run_cli(evaluate_cli.main, ["--run", str(tmp_path / "runs" / "toy"), "--view", "test", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "runs" / "toy" / "eval_test" / "metrics_eval.json").read_text())
+    header = next(line for line in out.splitlines() if "prec" in line and "rec" in line)
+    assert header.split() == ["class", "prec", "rec", "f1", "n"]
+    for label, pc in metrics["per_class"].items():  # one row per class, the JSON's figures
+        row = next(line.split() for line in out.splitlines() if line.split()[:1] == [label])
+        assert row[1:] == [f"{pc['precision']:.3f}", f"{pc['recall']:.3f}", f"{pc['f1']:.3f}", str(pc["support"])]

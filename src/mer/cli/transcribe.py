@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asr-language", "--language", dest="asr_language", help="en, english, ... (default: detected)")
     p.add_argument("--asr-cache", help=f"the transcript cache (default: {serving_asr.CACHE_NAME} beside --out)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="clips per Whisper batch (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if not Path(args.manifest).is_file():
