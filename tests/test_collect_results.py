@@ -28,13 +28,13 @@ HAND_WRITTEN = {
 }
 
 GOLDEN_SUMMARY = """\
-run,eval,acc,wf1,macro_f1,uar,n
-ablation/nomod_seed1,TestA,0.5,0.5,0.5,0.5,
-baseline,TestA,0.75,0.75,0.75,0.75,8
-paper_iemocap4_seed2_fold1_AT,TestA,0.7,0.6,0.5,0.55,100
-paper_iemocap4_seed2_fold1_AT,TestB,0.4,0.45,0.3,0.35,50
-paper_iemocap4_seed2_fold2_AT,TestA,0.9,0.7,0.5,0.8,120
-paper_iemocap4_seed10_fold1_AT,TestA,0.8,0.65,0.5,0.6,100
+run,eval,speakers,speaker_norm,acc,wf1,macro_f1,uar,n
+ablation/nomod_seed1,TestA,,,0.5,0.5,0.5,0.5,
+baseline,TestA,,,0.75,0.75,0.75,0.75,8
+paper_iemocap4_seed2_fold1_AT,TestA,speaker_independent,false,0.7,0.6,0.5,0.55,100
+paper_iemocap4_seed2_fold1_AT,TestB,speaker_independent,false,0.4,0.45,0.3,0.35,50
+paper_iemocap4_seed2_fold2_AT,TestA,speaker_independent,false,0.9,0.7,0.5,0.8,120
+paper_iemocap4_seed10_fold1_AT,TestA,speaker_independent,false,0.8,0.65,0.5,0.6,100
 """
 
 GOLDEN_REPORT = """\
@@ -44,28 +44,32 @@ GOLDEN_REPORT = """\
 
 ## Per run
 
-`wf1` = weighted F1, `uar` = unweighted average recall, `n` = evaluated utterances.
+`wf1` = weighted F1, `uar` = unweighted average recall, `n` = evaluated utterances; `speakers` / `speaker_norm` = \
+the evaluation protocol (speaker-independent or -dependent splits; per-speaker feature normalization), — where the \
+file does not record it.
 
-| run | eval | acc | wf1 | macro_f1 | uar | n |
-| --- | --- | ---: | ---: | ---: | ---: | ---: |
-| ablation/nomod_seed1 | TestA | 0.5000 | 0.5000 | 0.5000 | 0.5000 | — |
-| baseline | TestA | 0.7500 | 0.7500 | 0.7500 | 0.7500 | 8 |
-| paper_iemocap4_seed2_fold1_AT | TestA | 0.7000 | 0.6000 | 0.5000 | 0.5500 | 100 |
-| paper_iemocap4_seed2_fold1_AT | TestB | 0.4000 | 0.4500 | 0.3000 | 0.3500 | 50 |
-| paper_iemocap4_seed2_fold2_AT | TestA | 0.9000 | 0.7000 | 0.5000 | 0.8000 | 120 |
-| paper_iemocap4_seed10_fold1_AT | TestA | 0.8000 | 0.6500 | 0.5000 | 0.6000 | 100 |
+| run | eval | speakers | speaker_norm | acc | wf1 | macro_f1 | uar | n |
+| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |
+| ablation/nomod_seed1 | TestA | — | — | 0.5000 | 0.5000 | 0.5000 | 0.5000 | — |
+| baseline | TestA | — | — | 0.7500 | 0.7500 | 0.7500 | 0.7500 | 8 |
+| paper_iemocap4_seed2_fold1_AT | TestA | speaker_independent | off | 0.7000 | 0.6000 | 0.5000 | 0.5500 | 100 |
+| paper_iemocap4_seed2_fold1_AT | TestB | speaker_independent | off | 0.4000 | 0.4500 | 0.3000 | 0.3500 | 50 |
+| paper_iemocap4_seed2_fold2_AT | TestA | speaker_independent | off | 0.9000 | 0.7000 | 0.5000 | 0.8000 | 120 |
+| paper_iemocap4_seed10_fold1_AT | TestA | speaker_independent | off | 0.8000 | 0.6500 | 0.5000 | 0.6000 | 100 |
 
 ## Aggregated over seeds and folds
 
-Runs pooled by experiment (the run name without `_seed<N>` and `_fold<N>`) and eval view: \
-mean ± sample standard deviation (ddof = 1); — where the experiment has a single run.
+Runs pooled by experiment (the run name without `_seed<N>` and `_fold<N>`), eval view and protocol (runs of \
+different protocols are never pooled): mean ± sample standard deviation (ddof = 1); — where the experiment has a \
+single run.
 
-| experiment | eval | runs | acc | wf1 | macro_f1 | uar |
-| --- | --- | ---: | ---: | ---: | ---: | ---: |
-| ablation/nomod | TestA | 1 | 0.5000 ± — | 0.5000 ± — | 0.5000 ± — | 0.5000 ± — |
-| baseline | TestA | 1 | 0.7500 ± — | 0.7500 ± — | 0.7500 ± — | 0.7500 ± — |
-| paper_iemocap4_AT | TestA | 3 | 0.8000 ± 0.1000 | 0.6500 ± 0.0500 | 0.5000 ± 0.0000 | 0.6500 ± 0.1323 |
-| paper_iemocap4_AT | TestB | 1 | 0.4000 ± — | 0.4500 ± — | 0.3000 ± — | 0.3500 ± — |
+| experiment | eval | speakers | speaker_norm | runs | acc | wf1 | macro_f1 | uar |
+| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |
+| ablation/nomod | TestA | — | — | 1 | 0.5000 ± — | 0.5000 ± — | 0.5000 ± — | 0.5000 ± — |
+| baseline | TestA | — | — | 1 | 0.7500 ± — | 0.7500 ± — | 0.7500 ± — | 0.7500 ± — |
+| paper_iemocap4_AT | TestA | speaker_independent | off | 3 | 0.8000 ± 0.1000 | 0.6500 ± 0.0500 | 0.5000 ± 0.0000 | \
+0.6500 ± 0.1323 |
+| paper_iemocap4_AT | TestB | speaker_independent | off | 1 | 0.4000 ± — | 0.4500 ± — | 0.3000 ± — | 0.3500 ± — |
 """
 
 
@@ -80,6 +84,8 @@ def _hand_metrics(run: str, view: str, values) -> dict:
             "labels": ["anger", "joy"], "run": run.rsplit("/", 1)[-1], "view": view, "checkpoint": "best.pt"}
     if n is not None:
         data["n"] = n
+    if run.startswith("paper"):  # the others predate the protocol record: "—" / empty cells
+        data["protocol"] = {"speakers": "speaker_independent", "speaker_norm": False}
     return data
 
 
@@ -209,5 +215,67 @@ def test_script_entry_point(tree):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect_results.py"), str(tree)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "| paper_iemocap4_AT | TestA | 3 |" in proc.stdout
+    assert "| paper_iemocap4_AT | TestA | speaker_independent | off | 3 |" in proc.stdout
     assert (tree / "summary.csv").read_text(encoding="utf-8") == GOLDEN_SUMMARY
+
+
+def _rich_metrics(run: str, view: str, acc: float, speaker_norm: bool, ccc: float | None = None,
+                  tail: float | None = 0.25) -> dict:
+    data = _hand_metrics(run, view, (acc, acc, acc, acc, 20))
+    data["protocol"] = {"speakers": "speaker_independent", "speaker_norm": speaker_norm}
+    data["class_groups"] = {"head": {"classes": ["anger"], "macro_f1": 0.75, "recall": 0.7},
+                            "mid": {"classes": [], "macro_f1": None, "recall": None},
+                            "tail": {"classes": ["joy"], "macro_f1": tail, "recall": 0.2}}
+    if ccc is not None:
+        data["dimensional"] = {"n_arousal": 18, "ccc_arousal": ccc, "pearson_arousal": ccc + 0.05,
+                               "rmse_arousal": 0.8, "ccc_mean": ccc, "gender_acc": 0.9}
+    return data
+
+
+def test_dimensional_group_and_protocol_columns_never_pool_protocols(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, ccc in ((1, 0.7), (2, 0.8)):
+        _write_json(root / f"dims_seed{seed}" / "eval_test" / "metrics_eval.json",
+                    _rich_metrics(f"dims_seed{seed}", "test", 0.5, False, ccc))
+    # the same experiment, speaker-normalized: its own aggregated row, never pooled with the per-utterance runs
+    _write_json(root / "dims_seed3" / "eval_test" / "metrics_eval.json",
+                _rich_metrics("dims_seed3", "test", 0.9, True, 0.9, tail=None))
+    _write_json(root / "plain" / "eval_test" / "metrics_eval.json", _hand_metrics("plain", "test", (0.4,) * 4 + (9,)))
+    _write_json(root / "bad" / "eval_test" / "metrics_eval.json",
+                _rich_metrics("bad", "test", 0.5, False, ccc=1.5))  # a CCC above 1: unusable, skipped
+    assert _run([str(root)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"warning: skipped {root / 'bad' / 'eval_test' / 'metrics_eval.json'}: "
+                                         "dimensional.ccc_arousal = 1.5 is not a finite number in [-1, 1]"]
+    assert (root / "summary.csv").read_text(encoding="utf-8") == (
+        "run,eval,speakers,speaker_norm,acc,wf1,macro_f1,uar,head_macro_f1,mid_macro_f1,tail_macro_f1,"
+        "ccc_arousal,pearson_arousal,rmse_arousal,n\n"
+        "dims_seed1,test,speaker_independent,false,0.5,0.5,0.5,0.5,0.75,,0.25,0.7,0.75,0.8,20\n"
+        "dims_seed2,test,speaker_independent,false,0.5,0.5,0.5,0.5,0.75,,0.25,0.8,0.8500000000000001,0.8,20\n"
+        "dims_seed3,test,speaker_independent,true,0.9,0.9,0.9,0.9,0.75,,,0.9,0.9500000000000001,0.8,20\n"
+        "plain,test,,,0.4,0.4,0.4,0.4,,,,,,,9\n")
+    with open(root / "summary_aggregated.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["experiment"], r["speaker_norm"], r["n_runs"]) for r in rows] == [
+        ("dims", "false", "2"), ("dims", "true", "1"), ("plain", "", "1")]
+    assert float(rows[0]["ccc_arousal_mean"]) == pytest.approx(0.75)
+    assert float(rows[0]["ccc_arousal_std"]) == pytest.approx(np.std([0.7, 0.8], ddof=1))
+    assert rows[0]["mid_macro_f1_mean"] == "" and rows[1]["tail_macro_f1_mean"] == ""  # no run reports it
+    assert rows[2]["ccc_arousal_mean"] == "" and rows[2]["speakers"] == ""
+    report = (root / "comparison_report.md").read_text(encoding="utf-8")
+    assert ("| dims_seed3 | test | speaker_independent | on | 0.9000 | 0.9000 | 0.9000 | 0.9000 | 0.7500 | — | — "
+            "| 0.9000 | 0.9500 | 0.8000 | 20 |") in report
+    assert ("| dims | test | speaker_independent | off | 2 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | "
+            "0.5000 ± 0.0000 | 0.7500 ± 0.0000 | — | 0.2500 ± 0.0000 | 0.7500 ± 0.0707 | 0.8000 ± 0.0707 | "
+            "0.8000 ± 0.0000 |") in report
+    assert "`ccc_<dim>`, `pearson_<dim>`, `rmse_<dim>`" in report and "`head/mid/tail_macro_f1`" in report
+
+
+def test_a_malformed_protocol_is_skipped_with_a_warning(tmp_path):
+    root = tmp_path / "runs"
+    data = _hand_metrics("odd", "test", (0.5, 0.5, 0.5, 0.5, 3))
+    data["protocol"] = {"speakers": "speaker_independent", "speaker_norm": "no"}
+    _write_json(root / "odd" / "eval_test" / "metrics_eval.json", data)
+    warnings: list[str] = []
+    collection = collect_results(root, warn=warnings.append)
+    assert not collection.results and len(warnings) == 1 and "'protocol' is not {speakers:" in warnings[0]

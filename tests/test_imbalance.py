@@ -4,6 +4,7 @@ values, and the hybrid early-stopping rule (moving average + loss ceiling) with 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -147,7 +148,8 @@ def test_an_experiment_matrix_runs_every_experiment_and_seed_resumably(tmp_path,
         assert (out / name / "eval_test" / "metrics_eval.json").is_file()
     assert (out / "comparison_report.md").is_file()
     report = (out / "comparison_report.md").read_text()
-    assert "| ce | test | 2 |" in report and "| bsm | test | 2 |" in report  # aggregated over the 2 seeds
+    for name in ("ce", "bsm"):  # aggregated over the 2 seeds: experiment | eval | speakers | speaker_norm | runs
+        assert re.search(rf"^\| {name} \| test \| [^|]+ \| [^|]+ \| 2 \|", report, re.M), report
     stamp = (out / "ce_seed0" / "checkpoints" / "best.pt").stat().st_mtime_ns
     assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "ce"]) == 0
     assert (out / "ce_seed0" / "checkpoints" / "best.pt").stat().st_mtime_ns == stamp  # finished: skipped
@@ -157,32 +159,3 @@ def test_an_experiment_matrix_runs_every_experiment_and_seed_resumably(tmp_path,
     capsys.readouterr()
     assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "other")]) == 2
     assert "unknown key 'sett'" in capsys.readouterr().err and not (tmp_path / "other").exists()
-
-
-def test_tensorboard_tracking_mirrors_the_epoch_csv(tmp_path):
-    pytest.importorskip("tensorboard")
-    import csv
-
-    import yaml
-    from helpers_store import make_store
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from mer.cli import train as train_cli
-    from mer.errors import run_cli
-
-    store = make_store(tmp_path, 120, 6, 0, learnable=True, memmap=True)
-    cfg = {"run": {"name": "tb", "output_root": str(tmp_path / "runs")},
-           "data": {"store": str(store), "eval_views": ["test"], "batch_size": 16},
-           "model": {"name": "flexible_at", "mode": "A", "hidden_dim": 16},
-           "train": {"epochs": 3, "progress": False, "scheduler": {"name": "none"},
-                     "tracking": {"tensorboard": True, "every_steps": 2}}}
-    (tmp_path / "tb.yaml").write_text(yaml.safe_dump(cfg))
-    assert run_cli(train_cli.main, ["--config", str(tmp_path / "tb.yaml")]) == 0
-    run = tmp_path / "runs" / "tb"
-    acc = EventAccumulator(str(run / "tensorboard"))
-    acc.Reload()
-    with (run / "metrics_val.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    got = [e.value for e in acc.Scalars("val/macro_f1")]
-    assert got == pytest.approx([float(r["macro_f1"]) for r in rows])
-    assert len(acc.Scalars("step/loss")) >= 3

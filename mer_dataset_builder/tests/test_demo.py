@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import re
 import subprocess
 from collections import defaultdict
@@ -15,7 +16,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mer_builder.demo import DEMO_MARKER, FOLLOW_UPS, MELD_SPLITS, SENTENCES, DemoError, make_demo
+from mer_builder.demo import (
+    DEMO_MARKER,
+    FOLLOW_UPS,
+    MELD_SPLITS,
+    RATINGS_FILE,
+    SENTENCES,
+    DemoError,
+    add_demo_ratings,
+    make_demo,
+    prosody_arousal,
+)
 from mer_builder.ffmpeg import ffmpeg_exe
 from mer_builder.tts import Prosody, TTSError, engine
 
@@ -124,6 +135,40 @@ def test_prosody_depends_on_emotion(demo):
 
 
 # ---------------------------------------------------------------------------------------------- MELD
+
+
+def test_arousal_ratings_follow_the_prosody_and_fill_a_manifest(demo, tmp_path):
+    out, _ = demo
+    ratings = {}
+    for corpus in ("RAVDESS", "MELD"):
+        with open(out / corpus / RATINGS_FILE, encoding="utf-8", newline="") as fh:
+            ratings.update({row["id"]: float(row["arousal"]) for row in csv.DictReader(fh)})
+    wavs = sorted((out / "RAVDESS").rglob("*.wav"))
+    assert {f"RAVDESS/{w.parent.name}/{w.stem}" for w in wavs} <= set(ratings)  # the builder's ids
+    meld_ids = [k.split("/") for k in ratings if k.startswith("MELD/")]
+    assert {split for _, split, _ in meld_ids} == {"train", "val", "test"}  # dev -> val, as the builder names it
+    assert all(re.fullmatch(r"dia\d+_utt\d+", name) for _, _, name in meld_ids)
+    assert all(1.0 <= v <= 5.0 for v in ratings.values())
+    by_emotion = defaultdict(list)
+    for key, value in ratings.items():
+        if key.startswith("RAVDESS/"):
+            by_emotion[key.rsplit("/", 1)[1].split("-")[2]].append(value)
+    mean = {code: np.mean(v) for code, v in by_emotion.items()}
+    assert mean["05"] > mean["01"] + 1 > mean["04"] + 2  # anger high, neutral mid, sadness low
+    # the formula, and its noise drawn from the clip's own seed (the same clip, the same rating)
+    loud_fast = Prosody(rate=229, volume=122, pitch=50, range=100)
+    assert prosody_arousal(loud_fast, 7) == prosody_arousal(loud_fast, 7) > 4.3
+    assert prosody_arousal(Prosody(rate=101, volume=31, pitch=40, range=0), 7) < 1.9
+    # into a built manifest: rated by id, other rows untouched
+    some = sorted(ratings)[:3]
+    manifest = tmp_path / "meta_manifest.jsonl"
+    rows = [{"id": i, "arousal": None} for i in some] + [{"id": "CREMA-D/1001_x", "arousal": None}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert add_demo_ratings(manifest, out, tmp_path / "rated.jsonl") == {"rows": 4, "rated": 3}
+    rated = [json.loads(line) for line in (tmp_path / "rated.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["arousal"] for r in rated] == [ratings[i] for i in some] + [None]
+    with pytest.raises(DemoError, match=f"no {re.escape(RATINGS_FILE)}"):
+        add_demo_ratings(manifest, tmp_path)
 
 
 def test_meld_csvs_have_the_real_header_quoting_and_times(demo):

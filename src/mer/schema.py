@@ -93,6 +93,9 @@ class DataConfig:
     bucket_batches: int = 32  # length bucketing: batches per bucket of similar-length clips (1 = random batches)
     # frame track: a clip shorter than the front end's window is skipped and counted, or zero-padded up to it
     short_clips: Literal["skip", "pad"] = "skip"
+    # manifest tracks: decode each WAV once into a memory-mapped cache (mer.data.wave_cache; the same samples as
+    # decoding): true = `<manifest>.wavecache/` beside the manifest, or a folder; false = decode at every read
+    wave_cache: bool | str = False
 
 
 @dataclass
@@ -300,9 +303,19 @@ class AugmentConfig:
 class LossConfig:
     # ce; weighted_ce (ce with balanced class weights: train.class_weights, 'balanced' when unset); focal;
     # balanced_softmax (ce on logits + log prior of the training view's classes; plain logits at inference)
-    name: Literal["ce", "weighted_ce", "focal", "balanced_softmax"] = "ce"
+    # ccc / mse are the dimensional heads' losses (model.heads.dim_loss): accepted by the type only so that
+    # __post_init__ can say so in one line instead of the generic list
+    name: Literal["ce", "weighted_ce", "focal", "balanced_softmax"] | Literal["ccc", "mse"] = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.name in ("ccc", "mse"):
+            from mer.errors import UserError
+
+            raise UserError(f"config key 'train.loss.name': '{self.name}' does not fit the categorical head: CCC/MSE "
+                            f"are dimensional losses, set with model.heads.dim_loss: {self.name} (with model.heads.dims)"
+                            "; train.loss.name is one of ce, weighted_ce, focal, balanced_softmax")
 
 
 @dataclass
@@ -335,6 +348,9 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint whose model weights initialise this run
     progress: bool = True
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # torch.compile the model in place (the same parameter names and checkpoints); the first steps compile
+    # (slow on a CPU: tens of seconds or more)
+    compile: bool = False
 
 
 @dataclass

@@ -13,6 +13,20 @@ session cross-validation runs on it.
 Prosody depends on the emotion (rate, volume, pitch, pitch range, word gap), with a base pitch per
 speaker and random jitter per utterance: the audio carries a learnable but not trivial signal.
 
+Dimensional ratings: every clip also gets an arousal rating on a 1-5 scale, derived from the prosody drawn for it
+(after the per-utterance jitter and clipping) and written to `<corpus>/.mer_demo_ratings.csv` (`id,arousal`, the id
+being the manifest id the builder gives the clip); `add_demo_ratings` copies them into a built manifest's
+`arousal` field (the real RAVDESS/MELD releases have no ratings, so the builder does not read them):
+
+    arousal = clip(3 + 1.0 * (rate - 165) / 64 + 0.7 * (volume - 60) / 62 + 0.3 * (range - 45) / 55 + e, 1, 5)
+
+with e ~ N(0, 0.25) drawn from a generator seeded by the clip's own seed (never from the plan's stream, so the
+audio and CSVs stay byte-identical to a demo without ratings). 165 / 60 / 45 are the neutral rate / volume / range,
+64 / 62 / 55 about the CONTRAST-scaled distance from neutral to the fastest / loudest / widest emotion. Means per
+emotion on the default demo (seed 0, 10 actors): anger 4.9, fear 4.3, joy 4.1, surprise 3.9, neutral 3.0, disgust
+2.1, sadness 1.4 (std 0.2-0.4 within an emotion). Valence is not generated: the prosody
+table does not encode it (fear and joy are both fast and high-pitched). IEMOCAP keeps its own V/A/D lines.
+
 Determinism: everything random is drawn from the seed in a fixed order, and each group of utterances
 (one speaker) is synthesized in its own fresh process, because espeak-ng keeps state from one utterance
 to the next; the same seed and settings give byte-identical files whatever the number of workers.
@@ -323,6 +337,62 @@ def _plan_iemocap(rng: np.random.Generator, turns_per_speaker: int) -> tuple[lis
     return plan, rows
 
 
+# ---------------------------------------------------------------------------------------------- ratings
+RATINGS_FILE = ".mer_demo_ratings.csv"
+RATING_SCALE = (1.0, 5.0)
+AROUSAL_NOISE = 0.25
+_MELD_MANIFEST_SPLIT = {"train_splits": "train", "dev_splits_complete": "val", "output_repeated_splits_test": "test"}
+
+
+def prosody_arousal(prosody: Prosody, seed: int) -> float:
+    """A clip's arousal on the 1-5 scale from its (jittered, clipped) prosody: see the module docstring."""
+    noise = np.random.default_rng([seed, 0xA120]).normal(0.0, AROUSAL_NOISE)  # own stream: the plan is untouched
+    value = (3.0 + 1.0 * (prosody.rate - 165) / 64 + 0.7 * (prosody.volume - 60) / 62
+             + 0.3 * (prosody.range - 45) / 55 + noise)
+    return round(float(np.clip(value, *RATING_SCALE)), 4)
+
+
+def _manifest_id(u: Utterance) -> str:
+    """The id the builder gives this clip (Contract 1): `RAVDESS/Actor_NN/<stem>`, `MELD/<split>/dia<D>_utt<U>`."""
+    stem = u.rel_path.rsplit(".", 1)[0]
+    if u.corpus == "MELD":
+        folder, name = stem.split("/", 1)
+        return f"MELD/{_MELD_MANIFEST_SPLIT[folder]}/{name}"
+    return f"{u.corpus}/{stem}"
+
+
+def _write_ratings(corpus_dir: Path, utterances: list[Utterance]) -> None:
+    lines = ["id,arousal\n", *(f"{_manifest_id(u)},{prosody_arousal(u.prosody, u.seed):.4f}\n" for u in utterances)]
+    tmp = corpus_dir / f".{RATINGS_FILE}.tmp"
+    tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
+    os.replace(tmp, corpus_dir / RATINGS_FILE)
+
+
+def add_demo_ratings(manifest: Path, raw_root: Path, out: Path | None = None) -> dict[str, int]:
+    """Copy the demo's arousal ratings (`raw_root/<corpus>/.mer_demo_ratings.csv`) into the manifest's `arousal`
+    field, matched by id; write the result to `out` (default: over `manifest`, atomically). Rows without a rating
+    (an injected fault, another corpus) keep theirs. Returns {"rows": n, "rated": n}. DemoError when no corpus
+    under `raw_root` has a ratings file."""
+    ratings: dict[str, float] = {}
+    for path in sorted(Path(raw_root).glob(f"*/{RATINGS_FILE}")):
+        with open(path, encoding="utf-8", newline="") as fh:
+            ratings.update({row["id"]: float(row["arousal"]) for row in csv.DictReader(fh)})
+    if not ratings:
+        raise DemoError(f"{raw_root}: no {RATINGS_FILE} in any corpus folder (regenerate with make-demo)")
+    rows = [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rated = 0
+    for row in rows:
+        if row.get("id") in ratings:
+            row["arousal"] = ratings[row["id"]]
+            rated += 1
+    target = Path(out or manifest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8", newline="\n")
+    os.replace(tmp, target)
+    return {"rows": len(rows), "rated": rated}
+
+
 # ------------------------------------------------------------------------------------------ rendering
 def _finish(samples: np.ndarray, rate: int, seed: int, corpus: str) -> np.ndarray:
     """Pad with room-tone silence, apply a random recording gain and a noise floor; float32 in [-1, 1]."""
@@ -567,6 +637,8 @@ def make_demo(
         _write_meld_csvs(staging / "MELD", rows, durations, cp1252_dev=faults)
         if iemocap:
             _write_iemocap_texts(staging / "IEMOCAP", iemo_rows, durations)
+        for name, planned in (("RAVDESS", ravdess), ("MELD", meld)):
+            _write_ratings(staging / name, planned)
         injected = _inject_faults(staging, rows) if faults else []
         for name in corpora:
             stamp = {"generator": "mer_builder.demo", "seed": seed, "corpus": name}
