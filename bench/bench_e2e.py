@@ -1,27 +1,34 @@
 """Benchmark: end-to-end training throughput of `hf_at` (audio-only mode) through the shared Trainer, with length
-buckets vs random batches, against the Hugging Face reference on the same encoder, data and batch size.
+buckets vs random batches, against the Hugging Face reference, length-grouped too, on the same encoder, data and
+batch size.
 
-Data: a generated manifest of label-pitched tones, 0.5-4 s (uniform), 16 kHz WAVs read from disk by both sides.
+Data: a generated manifest of label-pitched tones, 0.5-4 s (uniform), 16-bit 16 kHz WAVs on disk.
 Encoder: the tiny random WavLM of `mer.models.tiny_encoders` (hidden 32, 2 layers, wavlm-base-plus's GroupNorm
 conv stack, 50 frames/s), conv feature encoder frozen on both sides (the usual fine-tuning recipe), fp32, AdamW,
-gradient clipping 1.0, batch 8, DataLoader with num_workers=0 on both sides (2 CPU cores: no spare core for workers),
-the same torch thread count on both sides.
+gradient clipping 1.0, batch 8, the same torch thread count and DataLoader workers (`--workers`, default 0: two
+CPU cores leave no spare core for workers) on both sides.
 
-- ours: `ManifestDataset` + `HFCollator` + `HFAudioTextModel` (mode A: WavLM -> masked mean -> fusion -> head)
-  trained by `mer.training.loop.Trainer._train_epoch` (the real training step: sampler, augmentation hook, loss,
-  backward, clipping, optimizer, metrics); `data.bucket_batches` 16 (bucketed) or 1 (random batches).
+- ours: `ManifestDataset` (+ `data.wave_cache`: clips decoded once into a memory-mapped cache before the timed
+  span; `--no-cache` decodes at every read) + `HFCollator` + `HFAudioTextModel` (mode A: WavLM -> masked mean ->
+  fusion -> head) trained by `mer.training.loop.Trainer._train_epoch` (the real training step: sampler,
+  augmentation hook, loss, backward, clipping, optimizer, metrics); `data.bucket_batches` 16 (bucketed) or 1
+  (random batches); `--compile`: `train.compile`.
 - reference: `WavLMForSequenceClassification` (AutoModelForAudioClassification) trained by transformers'
-  `Trainer` (random batches, its defaults otherwise) when `accelerate` is installed (the Trainer needs it);
-  else the same model and data in a plain PyTorch loop (forward, loss, backward, clipping, AdamW) — the work the
-  HF Trainer does per step, without its bookkeeping, so a lower bound on its step time.
+  `Trainer` with its own length grouping (`train_sampling_strategy="group_by_length"`: `LengthGroupedSampler`,
+  mega-batches of up to 50 batches sorted by length; `processing_class` set to the feature extractor so that it
+  finds the lengths of `input_values`), its default optimizer (fused AdamW on torch >= 2.8), the WAVs read per item
+  and padded by the feature extractor, when `accelerate` is installed (the Trainer needs it); else the same model
+  and data in a plain PyTorch loop with length-grouped batches (forward, loss, backward, clipping, AdamW) — the
+  work the HF Trainer does per step, without its bookkeeping, so a lower bound on its step time.
 
 Both sides run the same number of steps: one epoch of warm-up (untimed), then `--epochs` timed epochs; the timed
 span covers data loading and every training step, no evaluation and no checkpointing. The three configurations
 are run in turn, `--repeats` times (the machine is shared: the median is reported). Besides wall-clock samples/s
 it reports samples per CPU-second of the process, which other processes on the machine disturb less. Prints one
-JSON line and one human line.
+JSON line (with each side's settings) and one human line.
 
     python bench/bench_e2e.py [--clips 96] [--batch-size 8] [--epochs 2] [--repeats 7] [--threads 1]
+                              [--workers 0] [--no-cache] [--compile]
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers_manifest import make_tone_manifest  # noqa: E402
 
 from mer.config import validate  # noqa: E402
-from mer.data.audio import read_clip  # noqa: E402
+from mer.data.audio import clip_samples, read_clip  # noqa: E402
 from mer.data.bucketing import bucketed_batch_sampler_fn, padding_fraction  # noqa: E402
 from mer.data.manifest_dataset import HFCollator, ManifestDataset  # noqa: E402
 from mer.evaluation.metrics import compute_metrics  # noqa: E402
@@ -58,24 +65,29 @@ LABELS = ["anger", "joy", "sadness", "neutral"]
 LR = 1e-4
 
 
-def experiment(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int) -> ExperimentConfig:
+def experiment(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, wave_cache: bool = True,
+               num_workers: int = 0, compile: bool = False) -> ExperimentConfig:
     return validate({
         "data": {"manifest": str(manifest), "task": {"labels": LABELS}, "batch_size": batch_size,
-                 "max_audio_s": 20.0, "bucket_batches": bucket_batches},
+                 "max_audio_s": 20.0, "bucket_batches": bucket_batches, "wave_cache": wave_cache,
+                 "num_workers": num_workers},
         "model": {"name": "hf_at", "mode": "A", "hidden_dim": 32, "dropout": 0.0,
                   "fusion": {"layers": 1, "heads": 2, "dropout": 0.0},
                   "hf": {"audio_encoder": str(wavlm), "freeze": "feature_encoder"}},
         "train": {"lr": LR, "weight_decay": 0.0, "grad_clip": 1.0, "amp": "off", "progress": False,
-                  "scheduler": {"name": "none"}, "early_stopping": {"patience": None}},
+                  "scheduler": {"name": "none"}, "early_stopping": {"patience": None}, "compile": compile},
     }, ExperimentConfig)
 
 
-def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, epochs: int, out: Path) -> dict:
-    cfg = experiment(manifest, wavlm, batch_size, bucket_batches)
+def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, epochs: int, out: Path,
+             wave_cache: bool = True, num_workers: int = 0, compile: bool = False) -> dict:
+    cfg = experiment(manifest, wavlm, batch_size, bucket_batches, wave_cache, num_workers, compile)
     enc = load_hf_encoders(cfg.model.hf, "A")
     task = cfg.data.task
+    t0 = time.perf_counter()
     train_set = ManifestDataset(manifest, cfg.data.views["train"], task, "train", cfg.data.max_audio_s, train=True,
-                                mode="A")
+                                mode="A", wave_cache=cfg.data.wave_cache)
+    open_s = time.perf_counter() - t0  # with the cache: checked (and built by the first run), before timing
     torch.manual_seed(0)
     model = build_model(cfg.model, len(LABELS), encoders=enc)
     collator = HFCollator(enc.feature_extractor, None, "A", min_audio_samples=enc.min_audio_samples)
@@ -83,7 +95,8 @@ def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, 
     trainer = Trainer(model, train_set, train_set, cfg.train, run_dir=out, labels=LABELS, mode="A",
                       device=torch.device("cpu"), precision=Precision(None, False),
                       metrics_fn=lambda yt, yp: compute_metrics(yt, yp, LABELS), batch_size=batch_size,
-                      eval_batch_size=batch_size, collate_fn=collator, batch_sampler_fn=fn, eval_batch_sampler_fn=fn)
+                      eval_batch_size=batch_size, collate_fn=collator, batch_sampler_fn=fn, eval_batch_sampler_fn=fn,
+                      num_workers=cfg.data.num_workers)
     probe = torch.utils.data.RandomSampler(range(len(train_set)), generator=torch.Generator().manual_seed(1))
     pad = padding_fraction(train_set.lengths, fn(train_set, probe, batch_size))
     trainer._train_epoch(1)  # warm-up
@@ -93,7 +106,13 @@ def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, 
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = epochs * len(train_set)
     return {"samples_per_s": n / seconds, "samples_per_cpu_s": n / cpu, "padding_fraction": pad,
-            "steps": epochs * trainer.steps_per_epoch, "seconds": seconds}
+            "steps": epochs * trainer.steps_per_epoch, "seconds": seconds, "dataset_open_s": open_s,
+            "settings": {"bucket_batches": bucket_batches, "wave_cache": wave_cache, "num_workers": num_workers,
+                         "pin_memory": False, "compile": compile,
+                         "optimizer": "AdamW " + ("fused" if trainer.optimizer.defaults.get("fused") else
+                                                  "foreach" if trainer.optimizer.defaults.get("foreach") else
+                                                  "per-tensor"),
+                         "collator": trainer.collate_fn._pad.__name__}}
 
 
 class WavDataset(torch.utils.data.Dataset):
@@ -107,6 +126,9 @@ class WavDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def lengths(self) -> list[int]:
+        return [clip_samples(p) for p in self.paths]
 
     def __getitem__(self, i: int) -> dict:
         return {"input_values": read_clip(self.paths[i], 20.0, crop="start"), "labels": self.labels[i]}
@@ -135,7 +157,19 @@ def reference_model(wavlm: Path):
     return model, AutoFeatureExtractor.from_pretrained(str(wavlm))
 
 
-def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: int, out: Path) -> dict:
+def reference_padding(lengths: list[int], batch_size: int, draws: int = 20) -> float:
+    """The padding share of the reference's length-grouped batches (`LengthGroupedSampler`), over seeded draws."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    fractions = []
+    for seed in range(draws):
+        order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+        fractions.append(padding_fraction(lengths, [order[i:i + batch_size] for i in range(0, len(order), batch_size)]))
+    return statistics.mean(fractions)
+
+
+def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: int, out: Path,
+                          num_workers: int = 0) -> dict:
     from transformers import Trainer as HFTrainer
     from transformers import TrainerCallback, TrainingArguments
 
@@ -154,25 +188,33 @@ def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: 
                              max_steps=steps_per_epoch * (epochs + 1), learning_rate=LR, weight_decay=0.0,
                              max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, eval_strategy="no",
                              save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True, seed=0,
-                             remove_unused_columns=False)
+                             dataloader_num_workers=num_workers, dataloader_pin_memory=False, disable_tqdm=True,
+                             seed=0, remove_unused_columns=False, train_sampling_strategy="group_by_length")
+    # processing_class: the LengthGroupedSampler reads the lengths of its model_input_names[0] ("input_values")
     trainer = HFTrainer(model=model, args=args, train_dataset=data, data_collator=PadCollator(fe),
-                        callbacks=[Clock()])
+                        processing_class=fe, callbacks=[Clock()])
     trainer.train()
     seconds, cpu = marks["end"] - marks["start"], marks["cpu_end"] - marks["cpu_start"]
     n = epochs * len(data)  # whole epochs (the last batch of an epoch may be smaller)
     return {"samples_per_s": n / seconds, "samples_per_cpu_s": n / cpu, "steps": epochs * steps_per_epoch,
-            "seconds": seconds, "kind": "transformers.Trainer + AutoModelForAudioClassification (WavLM)"}
+            "seconds": seconds, "kind": "transformers.Trainer + AutoModelForAudioClassification (WavLM)",
+            "padding_fraction": reference_padding(data.lengths(), batch_size),
+            "settings": {"train_sampling_strategy": args.train_sampling_strategy,
+                         "processing_class": type(fe).__name__, "optim": str(getattr(args.optim, "value", args.optim)),
+                         "num_workers": num_workers, "pin_memory": False, "decoding": "every read"}}
 
 
-def run_reference_loop(manifest: Path, wavlm: Path, batch_size: int, epochs: int) -> dict:
+def run_reference_loop(manifest: Path, wavlm: Path, batch_size: int, epochs: int, num_workers: int = 0) -> dict:
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
     model, fe = reference_model(wavlm)
     data = WavDataset(manifest)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen,
-                                         collate_fn=PadCollator(fe), num_workers=0)
+    sampler = LengthGroupedSampler(batch_size, lengths=data.lengths(), generator=gen)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
+                                         collate_fn=PadCollator(fe), num_workers=num_workers)
     model.train()
     n = 0
     t0 = c0 = 0.0
@@ -191,7 +233,10 @@ def run_reference_loop(manifest: Path, wavlm: Path, batch_size: int, epochs: int
     return {"samples_per_s": n / seconds, "samples_per_cpu_s": n / cpu, "steps": epochs * len(loader),
             "seconds": seconds,
             "kind": "AutoModelForAudioClassification (WavLM) in a plain PyTorch loop (transformers.Trainer "
-                    "needs accelerate, which is not installed)"}
+                    "needs accelerate, which is not installed)",
+            "padding_fraction": reference_padding(data.lengths(), batch_size),
+            "settings": {"sampler": "LengthGroupedSampler", "optim": "AdamW (per-tensor)",
+                         "num_workers": num_workers, "pin_memory": False, "decoding": "every read"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,9 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: on a shared 2-core machine a second thread waiting at "
                    "every op's barrier made timings swing 20x; use 2 on a dedicated machine)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers, both sides")
+    p.add_argument("--no-cache", action="store_true", help="ours: decode every read (no data.wave_cache)")
+    p.add_argument("--compile", action="store_true", help="ours: train.compile (torch.compile of the model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     have_trainer = importlib.util.find_spec("accelerate") is not None
+    cache = not args.no_cache
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         wavlm = make_tiny_wavlm(root / "wavlm")
@@ -214,34 +263,41 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.repeats):
             with contextlib.redirect_stdout(io.StringIO()):
                 runs["ours_bucketed"].append(run_ours(manifest, wavlm, args.batch_size, 16, args.epochs,
-                                                      root / f"ours_b{r}"))
+                                                      root / f"ours_b{r}", cache, args.workers, args.compile))
                 runs["ours_random"].append(run_ours(manifest, wavlm, args.batch_size, 1, args.epochs,
-                                                    root / f"ours_r{r}"))
+                                                    root / f"ours_r{r}", cache, args.workers, args.compile))
                 runs["reference"].append(run_reference_trainer(manifest, wavlm, args.batch_size, args.epochs,
-                                                               root / f"ref{r}") if have_trainer else
-                                         run_reference_loop(manifest, wavlm, args.batch_size, args.epochs))
+                                                               root / f"ref{r}", args.workers) if have_trainer else
+                                         run_reference_loop(manifest, wavlm, args.batch_size, args.epochs,
+                                                            args.workers))
     med = {k: statistics.median(x["samples_per_s"] for x in v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(x["samples_per_cpu_s"] for x in v) for k, v in runs.items()}
+    pad = {k: round(v[0]["padding_fraction"], 4) for k, v in runs.items()}
     result = {
         "benchmark": "e2e_train_hf_at_audio",
         "clips": args.clips, "batch_size": args.batch_size, "timed_epochs": args.epochs, "repeats": args.repeats,
-        "threads": args.threads, "num_workers": 0, "dtype": "float32",
+        "threads": args.threads, "num_workers": args.workers, "dtype": "float32",
         "samples_per_s": {k: round(v, 2) for k, v in med.items()},
         "samples_per_s_all": {k: [round(x["samples_per_s"], 2) for x in v] for k, v in runs.items()},
         "samples_per_cpu_s": {k: round(v, 2) for k, v in med_cpu.items()},
-        "padding_fraction": {"bucketed": round(runs["ours_bucketed"][0]["padding_fraction"], 4),
-                             "random": round(runs["ours_random"][0]["padding_fraction"], 4)},
+        "padding_fraction": pad,
         "steps_timed": {k: v[0]["steps"] for k, v in runs.items()},
+        "settings": {"ours": runs["ours_bucketed"][0]["settings"], "reference": runs["reference"][0]["settings"]},
+        "wave_cache_build_s": round(runs["ours_bucketed"][0]["dataset_open_s"], 3) if cache else None,
         "reference": runs["reference"][0]["kind"],
         "speedup_vs_reference": round(med["ours_bucketed"] / med["reference"], 3),
         "speedup_bucketing": round(med["ours_bucketed"] / med["ours_random"], 3),
         "speedup_vs_reference_cpu_time": round(med_cpu["ours_bucketed"] / med_cpu["reference"], 3),
     }
     print(json.dumps(result))
-    print(f"hf_at training (audio, tiny WavLM, batch {args.batch_size}, {args.threads} threads): "
-          f"{med['ours_bucketed']:.1f} samples/s bucketed ({result['padding_fraction']['bucketed']:.1%} padding), "
-          f"{med['ours_random']:.1f} random batches ({result['padding_fraction']['random']:.1%}); reference "
-          f"{med['reference']:.1f} -> {result['speedup_vs_reference']:.2f}x (target >= 1.3x)")
+    ours, ref = result["settings"]["ours"], result["settings"]["reference"]
+    print(f"hf_at training (audio, tiny WavLM, batch {args.batch_size}, {args.threads} threads, {args.workers} "
+          f"workers): {med['ours_bucketed']:.1f} samples/s bucketed ({pad['ours_bucketed']:.1%} padding), "
+          f"{med['ours_random']:.1f} random batches ({pad['ours_random']:.1%}) [wave cache "
+          f"{'on' if cache else 'off'}, {ours['optimizer']}, compile {'on' if args.compile else 'off'}]; reference "
+          f"{med['reference']:.1f} ({pad['reference']:.1%} padding) [{ref.get('train_sampling_strategy', 'grouped')}, "
+          f"{ref['optim']}] -> {result['speedup_vs_reference']:.2f}x (per CPU-second "
+          f"{result['speedup_vs_reference_cpu_time']:.2f}x; target >= 1.3x)")
     return 0
 
 

@@ -172,19 +172,24 @@ class FolderLocked(UserError):
     """Another process (or another FolderLock of this one) holds the folder's lock."""
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, wait: bool = False) -> bool:
+    """Lock `fd` exclusively; False when another holds it (never, with `wait`: it blocks until the lock is free)."""
     if fcntl is not None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
     os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
-    try:
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError:
-        return False
-    return True
+    while True:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            if not wait:
+                return False
+            time.sleep(0.1)
+            continue
+        return True
 
 
 def _holder(fd: int) -> str:
@@ -205,13 +210,14 @@ class FolderLock:
         with FolderLock(run_dir):      # or lock = FolderLock(d); lock.acquire(); ...; lock.release()
             ...                        # write below run_dir
 
-    A second holder gets a one-line FolderLocked naming the folder and the holder's pid, at once (no waiting). The
-    kernel releases the lock when the holder exits in any way (return, exception, SIGKILL), so a stale lock file
+    A second holder gets a one-line FolderLocked naming the folder and the holder's pid, at once (no waiting), or
+    with `wait=True` blocks until the first releases it (builders of one shared cache taking turns). The kernel releases the lock when the holder exits in any way (return, exception, SIGKILL), so a stale lock file
     never blocks a later run; the file itself stays. Processes forked while it is held do not keep it."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, wait: bool = False) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
+        self.wait = wait
         self._fd: int | None = None
 
     @property
@@ -227,7 +233,7 @@ class FolderLock:
         except OSError as exc:
             raise write_error(self.path, exc) from None
         try:
-            locked = _try_lock(fd)
+            locked = _try_lock(fd, self.wait)
             holder = None if locked else _holder(fd)
         except BaseException:
             os.close(fd)

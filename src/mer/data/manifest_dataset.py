@@ -21,6 +21,10 @@ Rows without usable content (a policy, not an error — transcripts are "" where
 
 `.lengths` (int64 per row) is what length bucketing sorts on: audio samples after the crop (characters of the
 text in mode T). `HFCollator` turns a list of items into the batch dict `HFAudioTextModel` reads.
+
+With `wave_cache` (`data.wave_cache`: true for `<manifest>.wavecache/` beside the manifest, or a folder), the
+view's WAVs are decoded once into a memory-mapped cache (`mer.data.wave_cache`, built or updated when the dataset
+is made) and every read comes from it: the same samples as decoding, the same crops.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from mer.data.manifest import read_manifest, resolve_audio_path
 from mer.data.targets import collate_targets
 from mer.data.task import empty_view_message, task_label_ids
 from mer.data.views import describe_view, select_rows
+from mer.data.wave_cache import WaveCache, cache_folder
 from mer.errors import UserError
 from mer.schema import TaskConfig, ViewConfig
 
@@ -79,6 +84,7 @@ class ManifestDataset(Dataset):
         sampling_rate: int = SAMPLE_RATE,
         rows: list[dict] | None = None,
         allow_absolute_paths: bool = False,
+        wave_cache: bool | str | Path | None = False,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"model.mode={mode!r} is not one of {', '.join(MODES)}")
@@ -142,6 +148,13 @@ class ManifestDataset(Dataset):
         self.lengths = (self.audio_samples.copy() if self.use_audio
                         else np.asarray([len(t) for t in self.texts], dtype=np.int64))
         self.targets = None  # mer.data.targets.Targets: dimensional ratings / gender, when heads need them
+        self.wave_cache: WaveCache | None = None
+        folder = cache_folder(wave_cache, self.manifest_path) if self.use_audio else None
+        if folder is not None:
+            used = [j for j in range(len(self)) if self.audio_mask[j]]
+            self.wave_cache = WaveCache.open(folder, base, [self.paths[j] for j in used],
+                                             sha256s=[self.meta[j].get("sha256") or None for j in used],
+                                             row_ids=[self.ids[j] for j in used])
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _where(self) -> str:
@@ -188,9 +201,13 @@ class ManifestDataset(Dataset):
     def read_audio(self, i: int) -> np.ndarray:
         """Row i's clip: random window in training, centre crop in evaluation (see `mer.data.audio`)."""
         path = self.paths[i]
+        crop = "random" if self.train else "center"
+        if self.wave_cache is not None:
+            x = self.wave_cache.read(path, self.max_audio_s, crop, target_sr=self.sampling_rate)
+            if x is not None:
+                return x
         try:
-            return read_clip(path, self.max_audio_s, crop="random" if self.train else "center",
-                             target_sr=self.sampling_rate)
+            return read_clip(path, self.max_audio_s, crop=crop, target_sr=self.sampling_rate)
         except FileNotFoundError:
             raise UserError(f"{path}: audio file not found (manifest row {self.ids[i]})") from None
         except (RuntimeError, OSError, ValueError) as exc:
@@ -217,6 +234,35 @@ class ManifestDataset(Dataset):
         }
 
 
+def plain_wav2vec2_extractor(feature_extractor) -> bool:
+    """Whether `feature_extractor` is transformers' own `Wav2Vec2FeatureExtractor` (not a subclass) padding on
+    the right: the one `pad_normalized` reproduces exactly."""
+    try:
+        from transformers import Wav2Vec2FeatureExtractor
+    except ImportError:  # pragma: no cover - transformers is a dependency of the end-to-end track
+        return False
+    return (type(feature_extractor) is Wav2Vec2FeatureExtractor and feature_extractor.feature_size == 1
+            and getattr(feature_extractor, "padding_side", "right") == "right")
+
+
+def pad_normalized(feature_extractor, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """`prepare_audio(feature_extractor, waves)` for a plain `Wav2Vec2FeatureExtractor`, equal to it bit for bit
+    (tested) in a fraction of its time: each clip normalised over its own samples with the extractor's own
+    expression (`zero_mean_unit_var_norm`: (x - mean) / sqrt(var + 1e-7)) and written straight into the padded
+    batch, instead of padding every clip, listing, normalising and converting through `BatchFeature`."""
+    waves = [np.ascontiguousarray(w, dtype=np.float32) for w in waves]
+    longest = max(w.size for w in waves)
+    values = np.full((len(waves), longest), feature_extractor.padding_value, dtype=np.float32)
+    mask = np.zeros((len(waves), longest), dtype=np.int64)
+    for i, w in enumerate(waves):
+        if feature_extractor.do_normalize:
+            values[i, :w.size] = (w - w.mean()) / np.sqrt(w.var() + 1e-7)
+        else:
+            values[i, :w.size] = w
+        mask[i, :w.size] = 1
+    return {"input_values": torch.from_numpy(values), "attention_mask": torch.from_numpy(mask)}
+
+
 class HFCollator:
     """Items of `ManifestDataset` -> the batch dict of `HFAudioTextModel`:
 
@@ -239,6 +285,8 @@ class HFCollator:
             raise ValueError(f"mode {mode} needs a tokenizer")
         self.feature_extractor, self.tokenizer, self.mode = feature_extractor, tokenizer, mode
         self.max_text_tokens, self.min_audio_samples = int(max_text_tokens), int(min_audio_samples)
+        # the fast path for the usual extractor (wav2vec2 / HuBERT / WavLM): the same batch, a quarter of the time
+        self._pad = pad_normalized if plain_wav2vec2_extractor(feature_extractor) else prepare_audio
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         batch = {
@@ -254,7 +302,7 @@ class HFCollator:
                 if x.size < self.min_audio_samples:
                     x = np.pad(x, (0, self.min_audio_samples - x.size))
                 waves.append(x)
-            enc = prepare_audio(self.feature_extractor, waves)
+            enc = self._pad(self.feature_extractor, waves)
             batch["input_values"], batch["audio_attention_mask"] = enc["input_values"], enc["attention_mask"]
         if "T" in self.mode:
             ids = truncate_left(self.tokenizer, [it["text"] for it in items], self.max_text_tokens,

@@ -95,7 +95,7 @@ def open_view(cfg: ExperimentConfig, rows: list[dict], manifest: str | Path, vie
     return ManifestDataset(manifest, view_config(cfg, view_name), cfg.data.task, view_name=view_name,
                            max_audio_s=cfg.data.max_audio_s, context_turns=cfg.data.context_turns, train=train,
                            mode=cfg.model.mode, context_sep=encoders.context_sep,
-                           sampling_rate=encoders.sampling_rate, rows=rows)
+                           sampling_rate=encoders.sampling_rate, rows=rows, wave_cache=cfg.data.wave_cache)
 
 
 def make_collator(cfg: ExperimentConfig, encoders: HFEncoders) -> HFCollator:

@@ -118,7 +118,8 @@ def check_config(cfg: ExperimentConfig, tool: str = TOOL) -> None:
 def open_view(cfg: ExperimentConfig, rows: list[dict], view_name: str, train: bool = False) -> ManifestDataset:
     """The audio-only `ManifestDataset` of a named view (random crops of `data.max_audio_s` when `train`)."""
     return ManifestDataset(cfg.data.manifest, view_config(cfg, view_name), cfg.data.task, view_name=view_name,
-                           max_audio_s=cfg.data.max_audio_s, train=train, mode="A", rows=rows)
+                           max_audio_s=cfg.data.max_audio_s, train=train, mode="A", rows=rows,
+                           wave_cache=cfg.data.wave_cache)
 
 
 def screen_views(cfg: ExperimentConfig, rows: list[dict], views: dict[str, bool], min_samples: int,

@@ -36,7 +36,7 @@ from mer.errors import UserError
 from mer.io import FolderLock, remove_stale_temps
 from mer.models.heads import logits_of
 from mer.runtime import Precision, rng_state, set_rng_state
-from mer.schema import HeadsConfig, TrackingConfig, TrainConfig
+from mer.schema import HeadsConfig, TrainConfig
 from mer.training.augmentation import augment_batch
 from mer.training.checkpoint import (
     AUG_GEN_KEY,
@@ -189,9 +189,38 @@ def default_batch_sampler(dataset: Dataset, sampler: Sampler, batch_size: int) -
     return BatchSampler(sampler, batch_size, drop_last=False)
 
 
-def make_loader(dataset: Dataset, batch_sampler: Iterable[list[int]], collate_fn, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
-                      persistent_workers=False, pin_memory=False)
+PREFETCH_BATCHES = 2  # batches each DataLoader worker keeps ready ahead of the loop
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers persist from one pass to the next, yet which draws from torch's global
+    generator on every pass as a fresh loader does (one base seed per pass): the run's random stream, and so its
+    exact resume, is the same as with a new loader each pass. The workers keep their own generators between
+    passes (no draw of a persistent loader's items is affected: evaluation items do not draw, and the training
+    loader is made anew every epoch)."""
+
+    def __iter__(self):
+        if self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # what a fresh iterator draws
+        return super().__iter__()
+
+
+def make_loader(dataset: Dataset, batch_sampler: Iterable[list[int]], collate_fn, num_workers: int,
+                device: torch.device | None = None) -> DataLoader:
+    """The loop's DataLoader over given batches. Batches go to page-locked memory (`pin_memory`: faster,
+    asynchronous copies) only when they are bound for a CUDA device (`device`; None: when CUDA is available);
+    with `num_workers` > 0 the workers persist between passes and each keeps `PREFETCH_BATCHES` batches ready."""
+    pin = (device.type == "cuda") if device is not None else torch.cuda.is_available()
+    workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES} if num_workers > 0 else {}
+    return _Loader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
+                   pin_memory=pin, **workers)
+
+
+def optimizer_options(device: torch.device) -> dict:
+    """AdamW's implementation: the fused kernel on CUDA; on the CPU the multi-tensor (foreach) one, which gives
+    the same numbers as the per-tensor default, bit for bit, in fewer ops (the fused CPU kernel rounds
+    differently, so it is not used: CPU runs stay as they were)."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 class Trainer:
@@ -242,7 +271,9 @@ class Trainer:
         for prefix in split_lr_overrides(model, cfg.lr_overrides)[1]:
             print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen or not in this mode")
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_overrides),
-                                           lr=cfg.lr)
+                                           lr=cfg.lr, **optimizer_options(device))
+        if cfg.compile:  # in place: the module's forward is compiled, its parameter names (checkpoints) unchanged
+            self.model.compile()
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.steps_per_epoch, cfg.epochs, cfg.lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
         self.ema = make_ema(self.model, cfg.ema.decay) if cfg.ema.enabled else None
@@ -364,13 +395,14 @@ class Trainer:
             if sync:
                 self._optimizer_step()
             bs = counts[step - 1] if self.world.enabled else batch["label"].shape[0]
-            loss_sum += loss.item() * bs
+            loss_value = loss.item()
+            loss_sum += loss_value * bs
             n_seen += bs
             y_true.append(batch["label"].detach().cpu()[:bs])
             y_pred.append(logits.detach().argmax(-1).cpu()[:bs])
             bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
             if self.tracker is not None:
-                self.tracker.log_step((epoch - 1) * n_batches + step, loss.item(), self.optimizer.param_groups[0]["lr"])
+                self.tracker.log_batch(loss_value, bs, stepped=sync, lr=self.optimizer.param_groups[0]["lr"])
             if every and (step % every == 0 or step == n_batches):
                 print(f"epoch {epoch}/{cfg.epochs}  step {step}/{n_batches} ({step / n_batches:.0%})  "
                       f"loss {loss_sum / max(1, n_seen):.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
@@ -452,11 +484,15 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from `start_epoch` to `train.epochs` (or an early stop), holding the run folder's lock."""
         self._hold_run_dir()
-        self.tracker = Tracker(self.cfg.tracking if self.world.is_main else TrackingConfig(), self.run_dir)
+        self.tracker = Tracker(self.cfg.tracking, self.run_dir, main=self.world.is_main,
+                               start_step=(self.start_epoch - 1) * self.steps_per_epoch)
+        done = False
         try:
-            return self._fit()
+            result = self._fit()
+            done = True
+            return result
         finally:
-            self.tracker.close()
+            self.tracker.close(failed=not done)
             self.tracker = None
             self._lock.release()
 
