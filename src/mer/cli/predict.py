@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "run of any track; writes a CSV (id, path, pred, confidence, prob_<label>: "
                                 "probabilities calibrated with the run's temperature).")
     p.add_argument("inputs", nargs="*", help="audio files and/or folders (searched recursively)")
-    p.add_argument("--run", required=True, help="the trained run directory")
+    p.add_argument("--run", required=True, help="the trained run directory, or a package folder (export.py)")
     p.add_argument("--manifest", help="a manifest (.jsonl or .csv: audio_path, optional id, text, speaker, "
                    "dialogue_id, turn) instead of / beside the files")
     p.add_argument("--out", default="predictions.csv", help="the CSV to write (default predictions.csv)")

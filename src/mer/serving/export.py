@@ -1,4 +1,4 @@
-"""Export a trained run's model to ONNX and TorchScript, with what it needs beside it in `export.json`.
+"""Export a trained run's (or a package's) model to ONNX and TorchScript, with what it needs in `export.json`.
 
     export_run("runs/my_run", "exported/my_run")  ->  model.onnx, model.torchscript.pt, export.json
 
@@ -153,6 +153,11 @@ def graph_of(p: Predictor) -> tuple[nn.Module, list[str], dict]:
         axes = {0: "batch", 1: "samples"}
         return (WaveGraph(exportable_frame_model(p.model.cpu()), t).eval(), ["input_values", "attention_mask"],
                 {"input_values": axes, "attention_mask": axes})
+    if p.track == "end_to_end":
+        raise UserError(f"{p.run_dir}: hf_at cannot be exported to ONNX / TorchScript by tracing: its encoders' "
+                        "padding handling (a per-clip GroupNorm over each clip's frames, frame masks from the "
+                        "sample lengths) runs Python over the batch's lengths, so a traced graph holds one batch's "
+                        "shapes; export it with --format package (safetensors) and predict.py --run")
     raise UserError(f"{p.run_dir}: export of {p.model_name} ({p.track} track) is not supported yet; exported: the "
                     f"feature models (flexible_at, robust_at, linear) and {', '.join(LOGMEL_MODELS)}")
 
@@ -211,7 +216,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, checkp
               "parity_max_abs_diff": parity, "parity_tolerance": PARITY_TOL}
     if p.track == "features":
         record["normalization"] = _normalization(p)
-        record["extractors"] = [_settings_or_none(s) for s in [p.cfg.data.store, *p.cfg.data.stores]]
+        record["extractors"] = ([{"store": e["store"], **e["settings"]} if e.get("settings") is not None else None
+                                 for e in p.package.store_infos()] if p.package is not None
+                                else [_settings_or_none(s) for s in [p.cfg.data.store, *p.cfg.data.stores]])
     else:
         record.update(sample_rate=16000, max_audio_s=p.max_audio_s,
                       min_samples=int(getattr(p.model, "min_clip_samples", 0)))

@@ -18,6 +18,9 @@ settings of its feature store):
   text limit); the text is the transcript, after up to `data.context_turns` previous turns (`context`).
 - frame-level models: the checkpoint (and `<run>/encoders/` for the pretrained ones), raw waveforms.
 
+A package folder (`mer.serving.package`, `export.py --format package`) stands for the run: its config, weights
+(safetensors), normalization statistics, extractor settings and encoder files replace the run folder and the store.
+
 Long clips are cropped to their centre `data.max_audio_s` seconds for the end-to-end and frame models, as in
 evaluation; the feature extractors read the whole clip, as the store's extraction did.
 """
@@ -45,6 +48,7 @@ from mer.recipes.common import load_run_config
 from mer.runtime import select_device
 from mer.schema import ExperimentConfig
 from mer.serving.audio_io import BadAudio
+from mer.serving.package import is_package, read_package
 from mer.training.checkpoint import (
     FEATURE_STATS_KEY,
     LABELS_KEY,
@@ -156,8 +160,12 @@ class OpenSmilePart:
         return np.zeros((len(texts), 0), np.float32)
 
 
-def make_part(path: str | Path):
-    info = store_settings(path)
+def make_part(path: str | Path, info: dict | None = None):
+    """The extractor of the store at `path`, from its settings (`info`: a package's record of them)."""
+    if info is not None and info.get("settings") is None:
+        raise UserError(f"{path}: the package has no settings of this feature store (it was not found at export "
+                        "time); export the run again where its store is")
+    info = info if info is not None else store_settings(path)
     settings = info.get("settings") or {}
     kind = settings.get("extractor")
     if kind == "mfcc_hash":
@@ -185,34 +193,41 @@ class Predictor:
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise UserError(f"run directory not found: {self.run_dir}")
-        self.cfg: ExperimentConfig = load_run_config(self.run_dir)
+        self.package = read_package(self.run_dir) if is_package(self.run_dir) else None
+        if self.package is not None:  # a package: its one set of evaluation weights (`checkpoint` is ignored)
+            self.cfg: ExperimentConfig = self.package.cfg
+            state, checkpoint = self.package.state, self.package.checkpoint
+        else:
+            self.cfg = load_run_config(self.run_dir)
+            path = self.run_dir / "checkpoints" / f"{checkpoint}.pt"
+            state = load_checkpoint(path, map_location="cpu")
         self.checkpoint = checkpoint
-        path = self.run_dir / "checkpoints" / f"{checkpoint}.pt"
-        state = load_checkpoint(path, map_location="cpu")
         self.labels: list[str] = list(state[LABELS_KEY])
         self.track = track_of_state(state)
         model_cfg = state.get(MODEL_CFG_KEY) or {}
         self.model_name, self.mode = str(model_cfg.get("name")), str(model_cfg.get("mode", "AT"))
         self.device = select_device(device or "cpu")
-        calib = read_calibration(self.run_dir)
+        calib = read_calibration(self.run_dir) if self.package is None else None
         self.temperature = (float(calib["temperature"]) if calib and calib.get("checkpoint") in (None, checkpoint)
-                            else None)
+                            else self.package.temperature if self.package is not None else None)
         self.max_audio_s = self.cfg.data.max_audio_s
         self.uses_audio = "A" in self.mode
         self.uses_text = "T" in self.mode
         self.speaker_norm = False
         self.min_speaker_rows = int(self.cfg.data.speaker_norm_min_rows)
-        stamp = int(path.stat().st_mtime)
-        self.model_id = f"{self.run_dir.name}/{checkpoint}@{stamp}"
+        self.model_id = (self.package.meta["model_id"] if self.package is not None
+                         else f"{self.run_dir.name}/{checkpoint}@{int(path.stat().st_mtime)}")
         if self.track == "features":
             self._init_features(state, extractor)
         elif self.track == "end_to_end":
-            self.model, encoders, _ = end_to_end.model_from_run(self.run_dir, checkpoint)
+            self.model, encoders = (self.package.model_and_encoders() if self.package is not None
+                                    else end_to_end.model_from_run(self.run_dir, checkpoint)[:2])
             self.collator = end_to_end.make_collator(self.cfg, encoders)
             self.context_sep = encoders.context_sep
             self.sampling_rate = encoders.sampling_rate
         else:
-            self.model, _ = frame.model_from_run(self.run_dir, checkpoint)
+            self.model = (self.package.model_and_encoders() if self.package is not None
+                          else frame.model_from_run(self.run_dir, checkpoint))[0]
             from mer.data.wave_batch import WaveCollator
 
             self.collator = WaveCollator(int(self.model.min_clip_samples))
@@ -225,7 +240,9 @@ class Predictor:
         self.model = rebuild_model(state)
         self.model.load_state_dict(eval_weights(state, self.checkpoint))
         want_a, want_t = int(state.get("audio_dim") or 0), int(state.get("text_dim") or 0)
-        self.parts = [make_part(p) for p in [cfg.data.store, *cfg.data.stores]] if extractor else []
+        stores = (self.package.store_infos() if self.package is not None
+                  else [{"store": p, "info": None} for p in [cfg.data.store, *cfg.data.stores]])
+        self.parts = [make_part(s["store"], s.get("info", s)) for s in stores] if extractor else []
         audio_dim = sum(p.audio_dim for p in self.parts) if extractor else want_a
         text_dim = sum(p.text_dim for p in self.parts) if extractor else want_t
         if (audio_dim, text_dim) != (want_a, want_t):
