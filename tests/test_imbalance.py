@@ -159,3 +159,43 @@ def test_an_experiment_matrix_runs_every_experiment_and_seed_resumably(tmp_path,
     capsys.readouterr()
     assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "other")]) == 2
     assert "unknown key 'sett'" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_a_matrix_judges_run_folders_as_a_suite_does(tmp_path, capsys):
+    """A start that died before its first checkpoint is redone in its own folder (not in a `_2` beside it); a
+    finished training with an evaluation missing is only evaluated; a folder that is neither stops the matrix
+    before anything trains."""
+    import yaml
+    from helpers_store import make_store
+
+    from mer.cli import matrix as matrix_cli
+    from mer.errors import run_cli
+
+    store = make_store(tmp_path, 120, 6, 0, learnable=True, memmap=True)
+    base = {"run": {"name": "m", "output_root": str(tmp_path / "runs")},
+            "data": {"store": str(store), "eval_views": ["test"], "batch_size": 32},
+            "model": {"name": "flexible_at", "mode": "A", "hidden_dim": 16},
+            "train": {"epochs": 1, "progress": False, "scheduler": {"name": "none"}}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = tmp_path / "mx.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "seeds": [0],
+                                    "experiments": [{"name": "a", "set": {}}, {"name": "b", "set": {}}]}))
+    out = tmp_path / "out"
+    (out / "a_seed0" / "checkpoints").mkdir(parents=True)  # a start that died before its first checkpoint
+    (out / "a_seed0" / "config_resolved.yaml").write_text("run: {}\n")
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "a"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["a_seed0"]
+    assert (out / "a_seed0" / "eval_test" / "metrics_eval.json").is_file()
+    stamp = (out / "a_seed0" / "checkpoints" / "best.pt").stat().st_mtime_ns
+    (out / "a_seed0" / "eval_test" / "metrics_eval.json").unlink()  # trained, evaluation missing: evaluated only
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "a"]) == 0
+    assert (out / "a_seed0" / "eval_test" / "metrics_eval.json").is_file()
+    assert (out / "a_seed0" / "checkpoints" / "best.pt").stat().st_mtime_ns == stamp
+    (out / "b_seed0").mkdir()
+    (out / "b_seed0" / "notes.txt").write_text("mine")  # neither finished nor resumable: not touched
+    (out / "a_seed0" / "eval_test" / "metrics_eval.json").unlink()
+    capsys.readouterr()
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: run b_seed0: {out / 'b_seed0'} exists but is neither finished") and err.count("\n") == 1
+    assert not (out / "a_seed0" / "eval_test" / "metrics_eval.json").exists()  # refused before anything ran

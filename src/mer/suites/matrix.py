@@ -14,24 +14,27 @@
 Without `cv`, each experiment x seed is one run `<out>/<name>_seed<S>/` and the collected comparison table
 (summary.csv, comparison_report.md; mean ± std over seeds) is written to `<out>`. With `cv`, each experiment is a
 cross-validation `<out>/<name>/` (all seeds) and `matrix_summary.md/.csv` tabulates pooled macro-F1 with its CI and
-the mean ± std over folds. A finished run (or fold) is skipped, a cut-short one resumed.
+the mean ± std over folds. A finished run (or fold) is skipped, a cut-short one resumed (a run folder is judged as
+a suite judges it, `mer.suites.plan.folder_state`: a start that died before its first checkpoint is redone in place,
+a folder that is neither finished nor resumable stops the matrix).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from mer.config import load_config
+from mer.config import LoadedConfig, load_config
 from mer.errors import UserError
 from mer.io import atomic_write_text
 from mer.recipes import recipe_for
 from mer.recipes.cv import plan_cv, run_cv
 from mer.reporting.collect import collect_and_report
-from mer.suites.plan import name_filter
+from mer.suites.plan import BLOCKED, DONE, EVALUATE, RESTART, RESUME, folder_state, name_filter
 
 MATRIX_KEYS = {"base", "set", "seeds", "cv", "experiments"}
 EXPERIMENT_KEYS = {"name", "set"}
@@ -117,17 +120,22 @@ def load_matrix(path: str | Path) -> Matrix:
     return Matrix(path, base, seeds, experiments, cv, common)
 
 
-def _run_one(m: Matrix, exp: Experiment, seed: int, out: Path) -> str:
+def _plan_run(m: Matrix, exp: Experiment, seed: int, out: Path) -> tuple[str, LoadedConfig, str, str]:
+    """(run name, its config, its folder's state and detail), the state as a suite judges it (`folder_state`)."""
     name = f"{exp.name}_seed{seed}"
     overrides = [*m.common, *exp.overrides, f"run.name={name}", f"run.output_root={json.dumps(str(out))}",
                  f"run.seed={seed}", "train.progress=false"]
     loaded = load_config(m.base, overrides)
-    run_dir = out / name
-    views = loaded.cfg.data.eval_views
-    if all((run_dir / f"eval_{v}" / "metrics_eval.json").is_file() for v in views):
+    return (name, loaded, *folder_state(name, out / name, loaded.cfg))
+
+
+def _run_one(out: Path, name: str, loaded: LoadedConfig, state: str, detail: str) -> str:
+    if state == DONE:
         return "finished"
-    print(f"\n=== {name}", flush=True)
-    recipe_for(loaded.cfg).train(loaded, resume=(run_dir / "checkpoints" / "last.pt").is_file())
+    if state == RESTART:  # a start that died before its first checkpoint: redone in the same folder
+        shutil.rmtree(out / name)
+    print(f"\n=== {name}{f' ({detail})' if detail else ''}", flush=True)
+    recipe_for(loaded.cfg).train(loaded, resume=state in (RESUME, EVALUATE))
     return "trained"
 
 
@@ -141,9 +149,12 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
         lines += [f"  {e.name}: --set {' '.join([*m.common, *e.overrides])}" for e in todo]
         return "\n".join(lines)
     if m.cv is None:
-        for exp in todo:
-            for seed in m.seeds:
-                _run_one(m, exp, seed, out)
+        runs = [_plan_run(m, exp, seed, out) for exp in todo for seed in m.seeds]
+        blocked = next((r for r in runs if r[2] == BLOCKED), None)
+        if blocked:  # before anything trains
+            raise UserError(f"run {blocked[0]}: {blocked[3]}")
+        for run in runs:
+            _run_one(out, *run)
         return collect_and_report(out, progress=False)
     rows = []
     for exp in todo:

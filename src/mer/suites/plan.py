@@ -23,7 +23,7 @@ import yaml
 from mer.config import RESOLVED_NAME, LoadedConfig, load_config, parse_override
 from mer.errors import UserError
 from mer.io import LOCK_NAME
-from mer.recipes.common import TASK_REPORT
+from mer.recipes.common import TASK_REPORT, missing_eval_views
 from mer.schema import ExperimentConfig
 from mer.suites.catalogue import PROFILE_OVERRIDES, Step, Suite, build_suites
 from mer.training.checkpoint import training_finished
@@ -281,42 +281,48 @@ def apply_view_coverage(runs: list[PlannedRun], manifest: Path) -> None:
 
 def missing_views(run: PlannedRun) -> list[str]:
     """The eval views still missing their metrics_eval.json."""
-    return [v for v in run.eval_views if not (run.run_dir / f"eval_{v}" / "metrics_eval.json").is_file()]
+    return missing_eval_views(run.run_dir, run.eval_views)
 
 
-def _training_finished(run: PlannedRun) -> tuple[bool, int]:
+def _training_finished(name: str, folder: Path, cfg: ExperimentConfig) -> tuple[bool, int]:
     """(whether last.pt is the end of training: all epochs, or early-stopped; its epoch)."""
     import torch
 
-    last = run.run_dir / "checkpoints" / "last.pt"
+    last = folder / "checkpoints" / "last.pt"
     try:
         state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epoch = int(state["epoch"])
-        finished = training_finished(state, run.cfg.train.epochs, run.cfg.train.early_stopping.patience)
+        finished = training_finished(state, cfg.train.epochs, cfg.train.early_stopping.patience)
     except Exception as exc:  # torch raises several types for a corrupt file
-        raise UserError(f"run {run.name}: cannot read {last} ({str(exc).splitlines()[0]}); delete the run folder "
+        raise UserError(f"run {name}: cannot read {last} ({str(exc).splitlines()[0]}); delete the run folder "
                         "to start it again") from None
     return finished, epoch
 
 
-def run_state(run: PlannedRun) -> tuple[str, str]:
-    """(state, detail) of a run folder: done, resume, evaluate, restart (a start that died before its first
-    checkpoint: removed and redone), new, or blocked (a folder that is none of these: the suite will not touch it)."""
-    folder = run.run_dir
+def folder_state(name: str, folder: Path, cfg: ExperimentConfig) -> tuple[str, str]:
+    """(state, detail) of the folder of run `name` (config `cfg`): done (every `data.eval_views` evaluated), resume,
+    evaluate, restart (a start that died before its first checkpoint: to be removed and redone), new, or blocked
+    (a folder that is none of these: not to be touched). Shared by the suites and the experiment matrices."""
+    views = list(cfg.data.eval_views)
     if not folder.exists():
         return NEW, ""
-    missing = missing_views(run)
+    missing = missing_eval_views(folder, views)
     if not missing and folder.is_dir():
         return DONE, ""
     if (folder / "checkpoints" / "last.pt").is_file():
-        finished, epoch = _training_finished(run)
+        finished, epoch = _training_finished(name, folder, cfg)
         if finished:
             return EVALUATE, f"training done (epoch {epoch}); evaluate {', '.join(missing)}"
         return RESUME, f"resume after epoch {epoch}"
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= START_ONLY:
         return RESTART, "no checkpoint yet: start again"
     return BLOCKED, (f"{folder} exists but is neither finished (eval_<view>/metrics_eval.json for "
-                     f"{', '.join(run.eval_views)}) nor resumable (checkpoints/last.pt); move it away and rerun")
+                     f"{', '.join(views)}) nor resumable (checkpoints/last.pt); move it away and rerun")
+
+
+def run_state(run: PlannedRun) -> tuple[str, str]:
+    """`folder_state` of a planned run."""
+    return folder_state(run.name, run.run_dir, run.cfg)
 
 
 def preflight(runs: list[PlannedRun], opts: Options) -> None:
