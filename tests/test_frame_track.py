@@ -345,11 +345,32 @@ def test_dimensional_and_gender_heads_train_on_frames_and_groups_are_reported(en
     # the same from the run folder alone
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 0
     assert json.loads((run / "eval_test" / "metrics_eval.json").read_text())["class_groups"] == metrics["class_groups"]
+    # predict.py: the [0, 1] output and the corpus's rating scale (the manifest row's dataset, or --dims-scale)
+    from mer.cli import predict as predict_cli
+
+    subset = manifest.parent / "rated_test.jsonl"
+    subset.write_text("".join(json.dumps({**r, "dataset": "MELD" if i % 2 else "NOSCALE"}) + "\n"
+                              for i, r in enumerate(r for r in rated if r["split"] == "test")))
+    out = tmp_path / "p.csv"
+    assert run_cli(predict_cli.main, ["--run", str(run), "--manifest", str(subset), "--out", str(out), "--quiet"]) == 0
+    got = read_csv(out)
+    assert len(got) == 8 and all(r["arousal"] == "" for r in got[0::2])
+    for r in got[1::2]:
+        assert float(r["arousal"]) == pytest.approx(1.0 + 4.0 * float(r["arousal_01"]))
+    assert run_cli(predict_cli.main, ["--run", str(run), "--manifest", str(subset), "--out", str(out), "--quiet",
+                                      "--dims-scale=-1,1"]) == 0
+    for r in read_csv(out):
+        assert float(r["arousal"]) == pytest.approx(-1.0 + 2.0 * float(r["arousal_01"]))
+    capsys.readouterr()
+    assert run_cli(predict_cli.main, ["--run", str(run), "--manifest", str(subset), "--out", str(out), "--quiet",
+                                      "--dims-scale", "5,1"]) == 2
+    assert "--dims-scale '5,1': expected LO < HI" in capsys.readouterr().err
 
 
-def test_speaker_norm_is_refused_by_the_frame_track(env, tmp_path, capsys):
-    config = write_config(tmp_path / "sn.yaml", env["manifest"], data={"speaker_norm": True})
+def test_speaker_norm_is_refused_for_a_model_without_a_log_mel_front_end(env, tmp_path, capsys):
+    config = write_config(tmp_path / "sn.yaml", env["manifest"], data={"speaker_norm": True},
+                          model={"name": "ssl_bilstm_asp", "frame": {"ssl": {"encoder": str(tmp_path / "none")}}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "data.speaker_norm" in err[0] and "model.frame.normalize" in err[0]
+    assert len(err) == 1 and "data.speaker_norm" in err[0] and "ssl_bilstm_asp" in err[0]
     assert not (tmp_path / "runs").exists()

@@ -96,6 +96,11 @@ class DataConfig:
     # manifest tracks: decode each WAV once into a memory-mapped cache (mer.data.wave_cache; the same samples as
     # decoding): true = `<manifest>.wavecache/` beside the manifest, or a folder; false = decode at every read
     wave_cache: bool | str = False
+    # manifest tracks: read the audio from WebDataset tar shards written by `mer-builder shards` (a folder with
+    # index.json) instead of the manifest's folder; training streams them (mer.data.shard_stream) through a
+    # shuffle buffer of `shuffle_buffer` samples per DataLoader worker (0: in the order written, no shuffling)
+    shards: str = ""
+    shuffle_buffer: int = 1000
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""`mer-builder` / `python -m mer_builder`: build, validate, make-demo, download.
+"""`mer-builder` / `python -m mer_builder`: build, validate, shards, make-demo, download.
 
     mer-builder build --datasets ravdess,meld --raw-root raw/ --out data/
     mer-builder build --datasets all --raw-root raw/ --out data/ --policy ravdess.calm=drop --jobs 8
     mer-builder build --folder MyCorpus=~/my_corpus --option MyCorpus.speaker_regex='^(\\d+)_' --out data/
     mer-builder validate data/meta_manifest.jsonl
+    mer-builder shards data/meta_manifest.jsonl --out shards/ --max-shard-mb 256   # WebDataset tars + index.json
     mer-builder make-demo --out demo_raw/
     mer-builder download ravdess --dest raw/
 
@@ -272,6 +273,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from mer_builder.shards import summary_lines, write_shards
+
+    result = write_shards(args.manifest, args.out, shard_size=args.shard_size, max_shard_mb=args.max_shard_mb,
+                          progress=not args.quiet)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
 def cmd_make_demo(args: argparse.Namespace) -> int:
     try:
         from mer_builder.demo import DemoError, make_demo
@@ -350,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-sha", action="store_true", help="do not hash the audio files")
     v.add_argument("--max-lines", type=int, default=20, help="messages to print per kind (20)")
     v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("shards", help="write the corpus as WebDataset tar shards (audio + manifest row) + index.json",
+                       description="Write the manifest's WAVs and rows as WebDataset tar shards for streaming "
+                                   "(data.shards in a training config); see mer_builder/shards.py.")
+    s.add_argument("manifest", help="meta_manifest.jsonl (or its folder)")
+    s.add_argument("--out", required=True, help="output folder (shard-000000.tar, ..., index.json)")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard at most (1000)")
+    s.add_argument("--max-shard-mb", type=float, default=256.0, help="MiB per shard at most (256)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_shards)
 
     d = sub.add_parser("make-demo", help="write a small synthetic raw corpus tree for trying the builder",
                        description="Write a small synthetic raw corpus tree (spoken with espeak-ng).")

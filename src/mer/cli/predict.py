@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dims-scale", metavar="LO,HI", help="rating scale of the dimensional outputs (default: the "
+                   "manifest row's corpus scale, data.rating_scales)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--asr", metavar="MODEL_OR_DIR", help="Whisper (hub name or folder) transcribing clips without text")
     p.add_argument("--asr-language", help="the clips' language for --asr (en, english, ...; default: detected)")
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs += (asr.manifest_inputs if asr else serving.manifest_inputs)(args.manifest, **kw)
     if not asr and predictor.uses_text and not predictor.uses_audio and not any(i.text.strip() for i in inputs):
         raise UserError(f"{args.run}: a text-only model; give transcripts (--text, a manifest's text or --asr)")
-    result = serving.predict_inputs(predictor, inputs, batch_size=args.batch_size, progress=not args.quiet)
+    result = serving.predict_inputs(predictor, inputs, batch_size=args.batch_size, progress=not args.quiet,
+                                    dims_scale=serving.parse_scale(args.dims_scale))
     result.skipped[:0] = asr.skipped if asr else []
     for rid, why in result.skipped[:20]:
         print(f"skipped {why}" if rid in why else f"skipped {rid}: {why}")

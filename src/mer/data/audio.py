@@ -7,11 +7,15 @@ Crops: `"start"` keeps the first `max_s` seconds (the extractor's choice), `"cen
 for evaluation), `"random"` a window drawn uniformly (training). The random offset comes from `rng` when given,
 else from torch's global generator — so a run seeded with `seed_everything`, resumed with its saved RNG state, or
 read in DataLoader workers (seeded by torch from that generator) draws the same crops again.
+
+A clip is a file path, or a clip held elsewhere (a WebDataset shard member, `mer.data.shards`): an object whose
+`open()` returns a binary file of its bytes, with `size` and `head(n)`; it is decoded exactly as the file would be.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -33,15 +37,28 @@ BAD_AUDIO = "bad_audio"
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"  # how a Git LFS pointer file begins
 
 
-def not_audio_reason(path: str | Path) -> str | None:
+def is_file_path(path) -> bool:
+    """Whether a clip is a file path (else a clip held elsewhere: see the module doc)."""
+    return isinstance(path, (str, os.PathLike))
+
+
+def sound_source(path):
+    """What soundfile opens for a clip: a file's name, or a fresh binary file of a clip held elsewhere."""
+    return str(path) if is_file_path(path) else path.open()
+
+
+def not_audio_reason(path) -> str | None:
     """Why a file that fails to decode is not audio at all (empty, a Git LFS pointer from a clone without its LFS
     objects, an HTML error page from a failed download), in the builder's words; None when it is none of these.
     Reads at most the first 64 bytes."""
     try:
-        path = Path(path)
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(64)
+        if is_file_path(path):
+            path = Path(path)
+            size = path.stat().st_size
+            with path.open("rb") as fh:
+                head = fh.read(64)
+        else:
+            size, head = path.size, path.head(64)
     except OSError:
         return None
     if size == 0:
@@ -116,7 +133,7 @@ def _offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
 
 
 def read_clip_cropped(
-    path: str | Path,
+    path,
     max_s: float | None = None,
     crop: Crop = "random",
     rng: np.random.Generator | None = None,
@@ -125,14 +142,15 @@ def read_clip_cropped(
     """`read_clip`, and whether the file was longer than `max_s` (so that a window was cut out of it)."""
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-    path = Path(path)
-    if not path.is_file():
+    if is_file_path(path) and not Path(path).is_file():
         raise FileNotFoundError(str(path))
-    info = sf.info(str(path))
-    sr, total = int(info.samplerate), int(info.frames)
-    window = total if max_s is None else min(total, int(math.ceil(max_s * sr)))
-    start = _offset(total - window, crop, rng)
-    data, _ = sf.read(str(path), start=start, frames=window, dtype="float32", always_2d=True)
+    with sf.SoundFile(sound_source(path)) as fh:  # what sf.info + sf.read(start, frames) read, in one opening
+        sr, total = int(fh.samplerate), int(fh.frames)
+        window = total if max_s is None else min(total, int(math.ceil(max_s * sr)))
+        start = _offset(total - window, crop, rng)
+        if start:
+            fh.seek(start)
+        data = fh.read(window, dtype="float32", always_2d=True)
     x = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if sr != target_sr and x.size:
         import soxr
@@ -144,7 +162,7 @@ def read_clip_cropped(
 
 
 def read_clip(
-    path: str | Path,
+    path,
     max_s: float | None = None,
     crop: Crop = "random",
     rng: np.random.Generator | None = None,
@@ -158,7 +176,7 @@ def read_clip(
     return read_clip_cropped(path, max_s, crop, rng, target_sr)[0]
 
 
-def clip_samples(path: str | Path, target_sr: int = SAMPLE_RATE) -> int:
+def clip_samples(path, target_sr: int = SAMPLE_RATE) -> int:
     """The length of `path` in samples at `target_sr`, from its header (no decoding)."""
-    info = sf.info(str(path))
+    info = sf.info(sound_source(path))
     return int(round(info.frames * target_sr / info.samplerate)) if info.samplerate else 0

@@ -14,6 +14,9 @@ One name per concept, in items and batches alike:
 - with auxiliary heads (``model.heads``; `mer.data.targets.collate_targets`, every track): ``dims`` [B, D] float32
   ratings normalised to [0, 1] and ``dims_mask`` [B, D] bool (False where a row is unrated: masked out of the loss),
   ``gender`` [B] int64 (-1 where unknown);
+- frame track with ``data.speaker_norm``: ``speaker_mean`` / ``speaker_std`` [B, n_mels] float32, each row's
+  speaker's log-mel statistics (`mer.data.speaker_norm.RowStats`): the front end z-scores with them instead of per
+  utterance;
 - training only, after mixup: ``label_b`` [B] int64 (the class of the clip mixed in) and ``mix_lambda`` (a float:
   the weight of ``label``); the loop's loss is then ``lam * loss(label) + (1 - lam) * loss(label_b)``.
 
@@ -68,6 +71,8 @@ class WaveBatch(CommonBatch, total=False):
 
     input_values: Tensor  # [B, S] float32, the clips' own samples at 16 kHz (not normalised)
     audio_attention_mask: Tensor  # [B, S] int64, 1 = a real sample
+    speaker_mean: Tensor  # [B, n_mels] float32, data.speaker_norm only: the row's speaker's log-mel mean
+    speaker_std: Tensor  # [B, n_mels] float32, data.speaker_norm only: and std (floored)
     label_b: Tensor  # [B] int64, training batches after mixup only: the label of the clip mixed in
     mix_lambda: float  # training batches after mixup only: the weight of `label` (1 - it: of `label_b`)
 

@@ -25,6 +25,12 @@ text in mode T). `HFCollator` turns a list of items into the batch dict `HFAudio
 With `wave_cache` (`data.wave_cache`: true for `<manifest>.wavecache/` beside the manifest, or a folder), the
 view's WAVs are decoded once into a memory-mapped cache (`mer.data.wave_cache`, built or updated when the dataset
 is made) and every read comes from it: the same samples as decoding, the same crops.
+
+With `shards` (`data.shards`: a folder of WebDataset tar shards written by `mer-builder shards`, opened as a
+`mer.data.shards.ShardIndex`), the audio comes from the shards instead of the manifest's folder: `.paths` holds
+each row's `ShardClip` (read by seeking into its tar, checked against the index's sha256, decoded as the file
+would be: the same items), and `mer.data.shard_stream` streams the training view in order. `item(i, source)`
+builds row i's item from a clip source already at hand (a streamed member's bytes).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from mer.data.audio import SAMPLE_RATE, clip_samples, not_audio_reason, read_cli
 from mer.data.context import DEFAULT_SEP, context_parts, truncate_left
 from mer.data.hf_inputs import pad_token_ids, prepare_audio
 from mer.data.manifest import read_manifest, resolve_audio_path
+from mer.data.shards import ShardIndex
 from mer.data.targets import collate_targets
 from mer.data.task import empty_view_message, task_label_ids
 from mer.data.views import describe_view, select_rows
@@ -85,6 +92,7 @@ class ManifestDataset(Dataset):
         rows: list[dict] | None = None,
         allow_absolute_paths: bool = False,
         wave_cache: bool | str | Path | None = False,
+        shards: ShardIndex | None = None,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"model.mode={mode!r} is not one of {', '.join(MODES)}")
@@ -92,6 +100,9 @@ class ManifestDataset(Dataset):
             raise UserError(f"config key 'data.max_audio_s': expected a positive number of seconds, got {max_audio_s}")
         if context_turns < 0:
             raise UserError(f"config key 'data.context_turns': expected >= 0, got {context_turns}")
+        if shards is not None and cache_folder(wave_cache, manifest_path) is not None:
+            raise UserError("config keys 'data.shards' and 'data.wave_cache': the audio comes from one of them; "
+                            "set data.wave_cache to false with data.shards")
         self.manifest_path = Path(manifest_path)
         self.view, self.view_name, self.task = view, view_name, task
         self.mode, self.train = mode, bool(train)
@@ -111,7 +122,8 @@ class ManifestDataset(Dataset):
         paths: list[Path | None] = [None] * len(keep)
         n_samples = np.zeros(len(keep), dtype=np.int64)
         if self.use_audio:
-            paths = self._audio_paths(all_rows, keep, base)
+            paths = (self._audio_paths(all_rows, keep, base) if shards is None
+                     else shards.clips([all_rows[pos] for pos in keep], self.manifest_path, self._where()))
             limit = int(round(self.max_audio_s * sampling_rate))
             for j, (pos, path) in enumerate(zip(keep, paths, strict=True)):
                 n_samples[j] = min(_duration_samples(all_rows[pos], path, sampling_rate), limit)
@@ -148,6 +160,7 @@ class ManifestDataset(Dataset):
         self.lengths = (self.audio_samples.copy() if self.use_audio
                         else np.asarray([len(t) for t in self.texts], dtype=np.int64))
         self.targets = None  # mer.data.targets.Targets: dimensional ratings / gender, when heads need them
+        self.speaker_stats = None  # mer.data.speaker_norm.RowStats: frame track with data.speaker_norm
         self.wave_cache: WaveCache | None = None
         folder = cache_folder(wave_cache, self.manifest_path) if self.use_audio else None
         if folder is not None:
@@ -198,11 +211,12 @@ class ManifestDataset(Dataset):
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.label_ids, minlength=len(self.labels)).astype(np.int64)
 
-    def read_audio(self, i: int) -> np.ndarray:
-        """Row i's clip: random window in training, centre crop in evaluation (see `mer.data.audio`)."""
-        path = self.paths[i]
+    def read_audio(self, i: int, source=None) -> np.ndarray:
+        """Row i's clip: random window in training, centre crop in evaluation (see `mer.data.audio`); from
+        `source` when given (a clip source of `mer.data.audio` holding row i's audio), else from `.paths[i]`."""
+        path = self.paths[i] if source is None else source
         crop = "random" if self.train else "center"
-        if self.wave_cache is not None:
+        if self.wave_cache is not None and source is None:
             x = self.wave_cache.read(path, self.max_audio_s, crop, target_sr=self.sampling_rate)
             if x is not None:
                 return x
@@ -218,10 +232,13 @@ class ManifestDataset(Dataset):
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} rows")
-        i %= len(self)
+        return self.item(i % len(self))
+
+    def item(self, i: int, source=None) -> dict:
+        """Row i's item (its audio from `source` when given: see `read_audio`)."""
         audio = None
         if self.use_audio:
-            audio = self.read_audio(i) if self.audio_mask[i] else np.zeros(0, dtype=np.float32)
+            audio = self.read_audio(i, source) if self.audio_mask[i] else np.zeros(0, dtype=np.float32)
         return {
             "audio": audio,
             "text": self.texts[i],
@@ -231,6 +248,7 @@ class ManifestDataset(Dataset):
             "audio_mask": bool(self.audio_mask[i]),
             "text_mask": bool(self.text_mask[i]),
             **(self.targets.item(i) if self.targets is not None else {}),
+            **(self.speaker_stats.item(i) if self.speaker_stats is not None else {}),
         }
 
 

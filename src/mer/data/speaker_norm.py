@@ -12,6 +12,9 @@ in the report (`fallback_speakers`, `fallback_rows`). Standard deviations below 
 (a feature constant for a speaker becomes 0 for that speaker rather than a division by zero). Statistics are
 computed in float64; the output is float32.
 
+`speaker_row_stats` does the same from summed moments (the frame track: each clip's log-mel frames, computed by
+`mer.models.speaker_mel_norm`) and gives each row its speaker's (mean, std) as `RowStats`, which the model applies.
+
 `speaker_stats` / `ZStats` give one speaker's statistics alone, for inference on a caller's utterances
 (`stats_for_rows` returns None when there are fewer than `min_count`, so the caller can say it cannot).
 """
@@ -119,3 +122,63 @@ class SpeakerNormalizer:
             "fallback_rows": int(fallback_rows),
         }
         return out, report
+
+
+@dataclasses.dataclass(frozen=True)
+class RowStats:
+    """Each dataset row's (mean, std) vectors [n, D] float32: what its features are z-scored with (the frame track's
+    speaker normalization: the row's speaker's log-mel statistics). A dataset with `speaker_stats` set gives them
+    in its items as `speaker_mean` / `speaker_std` (the batch contract, `mer.data.batch`)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def item(self, i: int) -> dict:
+        return {"speaker_mean": self.mean[i], "speaker_std": self.std[i]}
+
+
+def moments_stats(count: np.ndarray, total: np.ndarray, squares: np.ndarray, rows: int,
+                  std_floor: float = DEFAULT_STD_FLOOR) -> ZStats:
+    """ZStats from summed moments: `count` frames (summed over rows), `total` / `squares` [D] the sums of x and
+    x^2 over them; `rows` = how many rows (clips) they came from."""
+    n = float(np.sum(count))
+    if n <= 0:
+        raise ValueError("moments_stats: no frames")
+    mean = np.asarray(total, np.float64) / n
+    var = np.maximum(np.asarray(squares, np.float64) / n - mean * mean, 0.0)
+    return ZStats(mean, np.maximum(np.sqrt(var), std_floor), int(rows))
+
+
+def speaker_row_stats(count: np.ndarray, total: np.ndarray, squares: np.ndarray, speakers: Sequence[str | None],
+                      fallback: ZStats, min_count: int = DEFAULT_MIN_COUNT, std_floor: float = DEFAULT_STD_FLOOR,
+                      ) -> tuple[RowStats, dict]:
+    """Per-row statistics from per-row moments (`count` [n] frames, `total` / `squares` [n, D]): each row gets its
+    speaker's statistics over all the rows given (labels never used), or `fallback` when the speaker has fewer
+    than `min_count` rows or no id. Returns them and the same report as `SpeakerNormalizer.transform`."""
+    total, squares = np.asarray(total, np.float64), np.asarray(squares, np.float64)
+    n, d = total.shape
+    mean, std = np.empty((n, d), np.float32), np.empty((n, d), np.float32)
+    keys = np.asarray(["" if s is None else str(s) for s in speakers], dtype=object)
+    names, inverse = np.unique(keys, return_inverse=True)
+    fallback_names: list[str] = []
+    fallback_rows = 0
+    for k, name in enumerate(names):
+        rows = np.flatnonzero(inverse == k)
+        stats = (moments_stats(count[rows], total[rows].sum(0), squares[rows].sum(0), rows.size, std_floor)
+                 if name and rows.size >= min_count else None)
+        if stats is None:
+            stats = fallback
+            fallback_names.append(str(name) or "(no speaker id)")
+            fallback_rows += rows.size
+        mean[rows], std[rows] = stats.mean.astype(np.float32), stats.std.astype(np.float32)
+    report = {
+        "speaker_norm": "per-speaker log-mel z-score per mel bin (own clips' frames, labels unused)",
+        "min_count": int(min_count),
+        "std_floor": float(std_floor),
+        "speakers": int(sum(1 for name in names if name)),
+        "rows": int(n),
+        "own_stats_speakers": int(names.size - len(fallback_names)),
+        "fallback_speakers": fallback_names,
+        "fallback_rows": int(fallback_rows),
+    }
+    return RowStats(mean, std), report

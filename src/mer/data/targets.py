@@ -85,11 +85,14 @@ class Targets:
 
 
 def collate_targets(items: Sequence[dict], batch: dict) -> dict:
-    """Add the auxiliary heads' targets of `items` (`Targets.item`: dims + dims_mask, gender) to `batch`: the one
-    way every collator of manifest items batches them."""
+    """Add the auxiliary heads' targets of `items` (`Targets.item`: dims + dims_mask, gender) and the rows' speaker
+    statistics (`RowStats.item`) to `batch`: the one way every collator of manifest items batches them."""
     if "dims" in items[0]:
         batch["dims"] = torch.from_numpy(np.stack([it["dims"] for it in items]))
         batch["dims_mask"] = torch.from_numpy(np.stack([it["dims_mask"] for it in items]))
     if "gender" in items[0]:
         batch["gender"] = torch.tensor([it["gender"] for it in items], dtype=torch.long)
+    if "speaker_mean" in items[0]:  # speaker normalization of the frame track (mer.data.speaker_norm.RowStats)
+        batch["speaker_mean"] = torch.from_numpy(np.stack([it["speaker_mean"] for it in items]))
+        batch["speaker_std"] = torch.from_numpy(np.stack([it["speaker_std"] for it in items]))
     return batch

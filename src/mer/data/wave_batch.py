@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from mer.data.audio import sound_source
 from mer.data.targets import collate_targets
 
 TOO_SHORT = "too_short"
@@ -65,22 +66,22 @@ class WaveCollator:
         })  # + the auxiliary heads' targets (mer.data.targets)
 
 
-def clip_problem(path: str | Path, min_samples: int, sampling_rate: int = 16000,
+def clip_problem(path, min_samples: int, sampling_rate: int = 16000,
                  silence_peak: float = SILENCE_PEAK) -> str | None:
     """Why the clip at `path` cannot feed a frame model (one of the reasons above), or None. Reads it whole
     (in blocks: a long file needs no more memory than a block)."""
     try:
-        info = sf.info(str(path))
-        n = int(round(info.frames * sampling_rate / info.samplerate)) if info.samplerate else 0
-        if info.frames <= 0:
-            return EMPTY
-        peak, finite = 0.0, True
-        for block in sf.blocks(str(path), blocksize=1 << 18, dtype="float32", always_2d=True):
-            if not np.all(np.isfinite(block)):
-                finite = False
-                break
-            if block.size:
-                peak = max(peak, float(np.abs(block).max()))
+        with sf.SoundFile(sound_source(path)) as fh:  # a file, or a clip held in a shard (mer.data.audio)
+            n = int(round(fh.frames * sampling_rate / fh.samplerate)) if fh.samplerate else 0
+            if fh.frames <= 0:
+                return EMPTY
+            peak, finite = 0.0, True
+            for block in fh.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+                if not np.all(np.isfinite(block)):
+                    finite = False
+                    break
+                if block.size:
+                    peak = max(peak, float(np.abs(block).max()))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError):
         return UNREADABLE
     if not finite:

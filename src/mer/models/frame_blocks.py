@@ -141,8 +141,12 @@ class MelModel(nn.Module):
         self.spec_augment: SpecAugmentHook | None = None
 
     def features(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """Log-mel features [B, n_mels, F] and frame lengths [B] of the batch's waveforms."""
+        """Log-mel features [B, n_mels, F] and frame lengths [B] of the batch's waveforms; z-scored with each
+        row's speaker statistics instead of per utterance when the batch has `speaker_mean` / `speaker_std`
+        (data.speaker_norm)."""
         wave, lengths = read_waveform(batch)
+        if "speaker_mean" in batch:
+            return self.frontend(wave, lengths, (batch["speaker_mean"], batch["speaker_std"]))
         return self.frontend(wave, lengths)
 
     def classify(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -4,7 +4,8 @@
         -> per-clip centre padding (reflect or zeros, each clip over its own samples only)
         -> STFT (Hann window, n_fft, win_length, hop) -> |X| ** power
         -> mel filterbank (librosa's: slaney mel scale, slaney norm, built by `librosa.filters.mel`)
-        -> log(mel + log_offset) -> optional per-utterance normalisation over the clip's real frames
+        -> log(mel + log_offset) -> optional per-utterance normalisation over the clip's real frames, or a
+           z-scoring with given per-row statistics (speaker normalization: `stats`)
         -> feats [B, n_mels, F], frame_lengths [B] = 1 + lengths // hop; frames past a clip's length are 0
 
 It equals `np.log(librosa.feature.melspectrogram(y=clip, sr, n_fft, hop_length, win_length, window="hann",
@@ -145,7 +146,11 @@ class LogMelFrontend(nn.Module):
         index = torch.arange(-pad, t + pad, device=wave.device).unsqueeze(0).expand(b, -1)
         return torch.gather(wave, 1, reflect_index(index, lengths))
 
-    def forward(self, wave: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, wave: Tensor, lengths: Tensor, stats: tuple[Tensor, Tensor] | None = None,
+                ) -> tuple[Tensor, Tensor]:
+        """`stats`: per-row (mean, std) [B, n_mels] of the log-mel (e.g. each row's speaker's: speaker
+        normalization), applied as (feats - mean) / std over the real frames instead of the per-utterance
+        `normalize`; (0, 1) gives the raw log-mel."""
         if wave.ndim != 2:
             raise ValueError(f"front end: wave must be [B, T], got shape {tuple(wave.shape)}")
         lengths = torch.as_tensor(lengths, device=wave.device).to(torch.long).clamp(0, wave.shape[1])
@@ -170,7 +175,11 @@ class LogMelFrontend(nn.Module):
             frame_lengths = self.frame_lengths(lengths)
             frame_mask = lengths_to_mask(frame_lengths, feats.shape[-1]).unsqueeze(1)  # [B, 1, F]
             feats = torch.where(frame_mask, feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
-            if self.normalize != "none":
+            if stats is not None:
+                mean, std = (torch.as_tensor(t, device=feats.device, dtype=feats.dtype).unsqueeze(-1) for t in stats)
+                feats = torch.where(frame_mask, (feats - mean) / std,
+                                    torch.zeros((), dtype=feats.dtype, device=feats.device))
+            elif self.normalize != "none":
                 count = frame_lengths.clamp_min(1).to(feats.dtype).view(-1, 1, 1)
                 mean = feats.sum(-1, keepdim=True) / count
                 feats = feats - mean

@@ -26,6 +26,7 @@ from mer.runtime import Precision, resolve_precision, seed_everything, select_de
 from mer.schema import ExperimentConfig, ViewConfig
 from mer.training.checkpoint import load_checkpoint, training_finished
 from mer.training.loop import FitResult, Trainer, default_batch_sampler
+from mer.training.tracking import check_tracking
 
 
 @dataclass
@@ -97,6 +98,7 @@ def check_train_config(cfg: ExperimentConfig) -> None:
     for key, value, ok, expected in checks:
         if not ok:
             raise UserError(f"config key '{key}': expected {expected}, got {value!r}")
+    check_tracking(train.tracking)  # the enabled tracking backends are installed
 
 
 def view_config(cfg: ExperimentConfig, view_name: str) -> ViewConfig:
@@ -140,9 +142,10 @@ def fit(model: nn.Module, train_set, val_set, cfg: ExperimentConfig, *, run_dir:
         precision: Precision, collate_fn, checkpoint_extra: dict, resume: bool,
         batch_sampler_fn: Callable = default_batch_sampler,
         eval_batch_sampler_fn: Callable = default_batch_sampler,
-        augment_fn: Callable | None = None) -> tuple[nn.Module, FitResult, float]:
+        augment_fn: Callable | None = None, train_stream=None) -> tuple[nn.Module, FitResult, float]:
     """Train through the one loop (resuming from `last.pt` when asked); write the curves. (model, result, seconds).
-    `augment_fn(batch, generator) -> batch`: a training-batch augmentation drawing from the loop's generator."""
+    `augment_fn(batch, generator) -> batch`: a training-batch augmentation drawing from the loop's generator;
+    `train_stream`: the training batches streamed from shards (`mer.data.shard_stream`, data.shards)."""
     labels = list(train_set.labels)
     trainer = Trainer(model, train_set, val_set, cfg.train, run_dir=run_dir, labels=labels, mode=cfg.model.mode,
                       device=device, precision=precision,
@@ -151,7 +154,8 @@ def fit(model: nn.Module, train_set, val_set, cfg: ExperimentConfig, *, run_dir:
                       collate_fn=collate_fn, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
                       checkpoint_extra=checkpoint_extra, batch_sampler_fn=batch_sampler_fn,
                       eval_batch_sampler_fn=eval_batch_sampler_fn, augment_fn=augment_fn, heads=cfg.model.heads,
-                      outputs_metrics_fn=lambda outputs: dim_metrics(outputs, cfg.model.heads.dims))
+                      outputs_metrics_fn=lambda outputs: dim_metrics(outputs, cfg.model.heads.dims),
+                      train_stream=train_stream)
     if resume:
         trainer.resume()
         print(f"resumed after epoch {trainer.start_epoch - 1}")

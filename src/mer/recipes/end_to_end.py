@@ -23,6 +23,9 @@ from mer.config import LoadedConfig, make_run_dir, prepare_run, to_dict
 from mer.data.bucketing import bucketed_batch_sampler_fn, padding_fraction, sorted_batches
 from mer.data.manifest import read_manifest
 from mer.data.manifest_dataset import HFCollator, ManifestDataset
+from mer.data.shard_stream import check_config as check_shard_config
+from mer.data.shard_stream import make_stream, stream_line
+from mer.data.shards import open_shards
 from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
 from mer.features.hf_encoders import encoder_fingerprint
@@ -80,6 +83,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     if cfg.data.bucket_batches < 1:
         raise UserError(f"config key 'data.bucket_batches': expected >= 1 (1 = random batches), got "
                         f"{cfg.data.bucket_batches}")
+    check_shard_config(cfg)
 
 
 def read_rows(manifest: str | Path | None) -> list[dict]:
@@ -95,7 +99,8 @@ def open_view(cfg: ExperimentConfig, rows: list[dict], manifest: str | Path, vie
     return ManifestDataset(manifest, view_config(cfg, view_name), cfg.data.task, view_name=view_name,
                            max_audio_s=cfg.data.max_audio_s, context_turns=cfg.data.context_turns, train=train,
                            mode=cfg.model.mode, context_sep=encoders.context_sep,
-                           sampling_rate=encoders.sampling_rate, rows=rows, wave_cache=cfg.data.wave_cache)
+                           sampling_rate=encoders.sampling_rate, rows=rows, wave_cache=cfg.data.wave_cache,
+                           shards=open_shards(cfg.data.shards))
 
 
 def make_collator(cfg: ExperimentConfig, encoders: HFEncoders) -> HFCollator:
@@ -225,6 +230,9 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         if ds.skipped:
             print(f"view {ds.view_name}: skipped rows without input in mode {cfg.model.mode}: {ds.skipped}")
     print(padding_line(train_set, cfg.data.batch_size, cfg.data.bucket_batches, cfg.run.seed))
+    stream = make_stream(cfg, train_set, distributed.world())
+    if stream is not None:
+        print(stream_line(stream))
 
     result = RunResult(run_dir, None)
     todo = cfg.data.eval_views
@@ -238,7 +246,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         model, result.fit, result.train_s = fit(
             model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
-            batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches)
+            batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches,
+            train_stream=stream)
     if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))

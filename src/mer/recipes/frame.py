@@ -27,6 +27,9 @@ from mer.config import LoadedConfig, make_run_dir, prepare_run, to_dict
 from mer.data.bucketing import bucketed_batch_sampler_fn, sorted_batches
 from mer.data.manifest import read_manifest
 from mer.data.manifest_dataset import ManifestDataset
+from mer.data.shard_stream import check_config as check_shard_config
+from mer.data.shard_stream import make_stream, stream_line
+from mer.data.shards import open_shards
 from mer.data.wave_batch import WaveCollator, count_reasons, scan_clips
 from mer.errors import UserError
 from mer.evaluation.evaluate import evaluate_view
@@ -35,6 +38,7 @@ from mer.io import atomic_write_text
 from mer.models import MODELS, build_model, model_summary
 from mer.models.frame_registry import (
     FRAME_MODELS,
+    MEL_MODELS,
     PRETRAINED,
     frame_encoder_from_files,
     is_frame_model,
@@ -42,6 +46,7 @@ from mer.models.frame_registry import (
     save_frame_encoder,
 )
 from mer.models.hf_at import HFEncoders
+from mer.models.speaker_mel_norm import attach_speaker_stats, stats_from_record, stats_record, training_stats
 from mer.recipes.calibrate import calibrate_run
 from mer.recipes.common import (
     RunResult,
@@ -80,6 +85,7 @@ TOOL = "train_frame.py"
 READS_MANIFEST = True  # cross-validation splits the manifest's rows (not a feature store's)
 ENCODERS_DIR = "encoders"
 CLIP_REPORT = "clip_report.json"
+SPEAKER_NORM_KEY = "speaker_norm_fallback"  # checkpoint: the training view's log-mel statistics (data.speaker_norm)
 
 
 def is_frame(cfg: ExperimentConfig) -> bool:
@@ -110,16 +116,20 @@ def check_config(cfg: ExperimentConfig, tool: str = TOOL) -> None:
     if not cfg.data.manifest:
         raise UserError(f"config key 'data.manifest': {tool} reads the manifest's WAVs; set it to the "
                         "meta_manifest.jsonl written by mer-builder")
-    if cfg.data.speaker_norm:  # refused rather than recorded in the protocol while normalizing nothing
-        raise UserError("config key 'data.speaker_norm': z-scores the vectors of a feature store; the frame track "
-                        "normalizes each utterance's log-mel instead (model.frame.normalize: mean or mean_var)")
+    if cfg.data.speaker_norm and cfg.model.name not in MEL_MODELS:  # refused rather than recorded, normalizing nothing
+        raise UserError(f"config key 'data.speaker_norm': normalizes the log-mel front end of {', '.join(MEL_MODELS)}; "
+                        f"{cfg.model.name} has none (its encoder normalizes each clip)")
+    if cfg.data.speaker_norm and cfg.data.speaker_norm_min_rows < 2:
+        raise UserError(f"config key 'data.speaker_norm_min_rows': expected at least 2 clips per speaker, got "
+                        f"{cfg.data.speaker_norm_min_rows}")
+    check_shard_config(cfg)
 
 
 def open_view(cfg: ExperimentConfig, rows: list[dict], view_name: str, train: bool = False) -> ManifestDataset:
     """The audio-only `ManifestDataset` of a named view (random crops of `data.max_audio_s` when `train`)."""
     return ManifestDataset(cfg.data.manifest, view_config(cfg, view_name), cfg.data.task, view_name=view_name,
                            max_audio_s=cfg.data.max_audio_s, train=train, mode="A", rows=rows,
-                           wave_cache=cfg.data.wave_cache)
+                           wave_cache=cfg.data.wave_cache, shards=open_shards(cfg.data.shards))
 
 
 def screen_views(cfg: ExperimentConfig, rows: list[dict], views: dict[str, bool], min_samples: int,
@@ -145,6 +155,26 @@ def screen_views(cfg: ExperimentConfig, rows: list[dict], views: dict[str, bool]
     return datasets, report
 
 
+def speaker_norm_views(cfg: ExperimentConfig, model: nn.Module, datasets: dict[str, ManifestDataset], fallback,
+                       sources: dict[str, ManifestDataset] | None = None) -> dict[str, dict]:
+    """With `data.speaker_norm`: give each dataset its rows' speaker log-mel statistics (`mer.models.
+    speaker_mel_norm`; `fallback` for speakers with fewer than `data.speaker_norm_min_rows` clips); {view: report}.
+    `sources`: evaluation-mode twins of datasets that crop at random (the training view)."""
+    if not cfg.data.speaker_norm:
+        return {}
+    reports, done = {}, {}
+    for name, ds in datasets.items():
+        if id(ds) not in done:
+            done[id(ds)] = attach_speaker_stats(model.frontend, ds, fallback, cfg.data.speaker_norm_min_rows,
+                                                source=(sources or {}).get(name))
+        reports[name] = done[id(ds)]
+        r = reports[name]
+        print(f"speaker norm {name}: {r['own_stats_speakers']} speaker(s) with their own statistics, "
+              f"{len(r['fallback_speakers'])} on the training view's ({r['fallback_rows']} clips; < "
+              f"{r['min_count']} clips or no id)")
+    return reports
+
+
 def clip_lines(report: dict) -> list[str]:
     lines = []
     for name, counts in report["views"].items():
@@ -166,19 +196,23 @@ def encoder_info(cfg: ExperimentConfig, enc: HFEncoders | None) -> dict:
 def evaluate_datasets(model: nn.Module, datasets: dict[str, ManifestDataset], cfg: ExperimentConfig,
                       collator: WaveCollator, clip_report: dict, *, run_dir: Path, checkpoint: str,
                       device: torch.device, precision: Precision, batch_size: int, progress: bool = True,
-                      state: dict | None = None) -> dict[str, dict]:
+                      state: dict | None = None, speaker_norm: dict | None = None) -> dict[str, dict]:
     """Write `<run>/eval_<view>/` for each dataset (length-sorted batches); {view: metrics}. The checkpoint's
-    `state` gives the training view's class counts (head / mid / tail groups; data.mask_absent_classes)."""
+    `state` gives the training view's class counts (head / mid / tail groups; data.mask_absent_classes);
+    `speaker_norm`: {view: its speaker normalization report}, written into its metrics_eval.json."""
     state = state or {}
     results = {}
     for name, ds in datasets.items():
+        extra = {"clips_skipped": clip_report["views"].get(name, {}), "rows_skipped": ds.skipped,
+                 "protocol": protocol_record(cfg)}
+        if speaker_norm and name in speaker_norm:
+            extra["speaker_norm_report"] = speaker_norm[name]
         results[name] = evaluate_view(
             model, ds, out_dir=Path(run_dir) / f"eval_{name}", run_name=Path(run_dir).name, view_name=name,
             checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size, collate_fn=collator,
             num_workers=cfg.data.num_workers, batch_sampler=sorted_batches(ds, None, batch_size), progress=progress,
-            extra={"clips_skipped": clip_report["views"].get(name, {}), "rows_skipped": ds.skipped,
-                   "protocol": protocol_record(cfg)},
-            class_mask=class_mask(state, ds, cfg.data.mask_absent_classes), train_counts=state.get(TRAIN_COUNTS_KEY))
+            extra=extra, class_mask=class_mask(state, ds, cfg.data.mask_absent_classes),
+            train_counts=state.get(TRAIN_COUNTS_KEY))
     return results
 
 
@@ -217,6 +251,13 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     leakage_notes = check_speaker_leakage(cfg, train_set, eval_sets)
     task_report["protocol_notes"] = leakage_notes  # shared speakers / transcripts, also in task_report.json
     attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
+    fallback, norm_reports = None, {}
+    if cfg.data.speaker_norm:
+        twin = open_view(cfg, [r for r in rows if r.get("id") not in clip_report["skipped"]], cfg.data.train_view)
+        fallback = training_stats(model.frontend, twin)
+        norm_reports = speaker_norm_views(cfg, model, {cfg.data.train_view: train_set, cfg.data.val_view: val_set,
+                                                       **eval_sets}, fallback, {cfg.data.train_view: twin})
+        task_report["speaker_norm"] = norm_reports
     if cfg.train.init_from and not resume:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
@@ -247,6 +288,9 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         print(line)
     print(padding_line(train_set, cfg.data.batch_size, cfg.data.bucket_batches, cfg.run.seed))
     print(f"augment     {augmenter.describe() if augmenter is not None else 'none'}")
+    stream = make_stream(cfg, train_set, distributed.world())
+    if stream is not None:
+        print(stream_line(stream))
 
     result = RunResult(run_dir, None)
     todo = cfg.data.eval_views
@@ -257,11 +301,13 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     else:
         extra = {MODEL_CFG_KEY: to_dict(cfg.model), CONFIG_KEY: to_dict(cfg), ENCODERS_KEY: enc_info,
                  TRAIN_COUNTS_KEY: [int(c) for c in train_set.class_counts()]}
+        if fallback is not None:
+            extra[SPEAKER_NORM_KEY] = stats_record(fallback)
         model, result.fit, result.train_s = fit(
             model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
             batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches,
-            augment_fn=augmenter)
+            augment_fn=augmenter, train_stream=stream)
     if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))
@@ -271,7 +317,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         result.results = evaluate_datasets(model, {v: eval_sets[v] for v in todo}, cfg, collator, clip_report,
                                            run_dir=run_dir, checkpoint=cfg.eval.checkpoint, device=device,
                                            precision=precision, batch_size=cfg.data.eval_batch_size,
-                                           progress=cfg.train.progress, state=state)
+                                           progress=cfg.train.progress, state=state, speaker_norm=norm_reports)
     return result
 
 
@@ -304,9 +350,16 @@ def evaluate(run_dir: str | Path, views: list[str], checkpoint: str = "best", *,
     for line in clip_lines(report):
         print(line)
     attach_targets(cfg, next(iter(datasets.values())), list(datasets.values())[1:], require_first=False)
+    norm_reports = {}
+    if cfg.data.speaker_norm:
+        if SPEAKER_NORM_KEY not in state:
+            raise UserError(f"{run_dir}: data.speaker_norm is set but {checkpoint}.pt holds no speaker-norm "
+                            "statistics (a run trained before frame speaker normalization)")
+        norm_reports = speaker_norm_views(cfg, model, datasets, stats_from_record(state[SPEAKER_NORM_KEY]))
     return evaluate_datasets(model, datasets, cfg, WaveCollator(min_samples), report, run_dir=run_dir,
                              checkpoint=checkpoint, device=dev, precision=precision,
-                             batch_size=batch_size or cfg.data.eval_batch_size, progress=progress, state=state)
+                             batch_size=batch_size or cfg.data.eval_batch_size, progress=progress, state=state,
+                             speaker_norm=norm_reports)
 
 
 def encoders_note(run_dir: str | Path) -> str | None:

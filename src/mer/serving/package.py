@@ -11,8 +11,8 @@ The folder (every file listed in `mer_package.json` with its size and sha256):
   the encoders' origin, the evaluation metrics, the training class counts and the source run;
 - `config.json`: the run's resolved config; `model.safetensors`: the evaluation weights of the checkpoint (best.pt's
   are already the EMA weights when the run had EMA; for `last`, its EMA weights);
-- `normalization.safetensors` (feature runs): the z-scoring statistics (`feature_stats.*`) and the speaker-norm
-  fallback (`speaker_norm_fallback.mean/std`, its count in `mer_package.json`);
+- `normalization.safetensors` (feature runs; speaker-normalized frame runs): the z-scoring statistics
+  (`feature_stats.*`) and the speaker-norm fallback (`speaker_norm_fallback.mean/std`, its count in `mer_package.json`);
 - `encoders/` (end-to-end and pretrained frame runs): the run's encoder configs, feature extractor and tokenizer
   files (no weights: those are in model.safetensors);
 - `calibration.json`, `task_report.json` (the training data summary), `metrics/<view>.json` (each eval view's
@@ -158,15 +158,16 @@ def write_package(run_dir: str | Path, out_dir: str | Path | None = None, *, che
                   metadata={"format": "pt", "mer": PACKAGE_FORMAT, "checkpoint": checkpoint})
         norm: dict = {"standardize": bool(cfg.data.standardize), "feature_stats": False,
                       "speaker_norm": False, "speaker_norm_min_clips": int(cfg.data.speaker_norm_min_rows)}
+        tensors = {}
         if track == "features":
             tensors = {f"feature_stats.{k}": v for k, v in (state.get(FEATURE_STATS_KEY) or {}).items()}
             norm["feature_stats"] = bool(tensors)
-            if cfg.data.speaker_norm and SPEAKER_NORM_KEY in state:
-                g = state[SPEAKER_NORM_KEY]
-                tensors.update({f"{SPEAKER_NORM_KEY}.mean": g["mean"], f"{SPEAKER_NORM_KEY}.std": g["std"]})
-                norm.update(speaker_norm=True, speaker_norm_fallback_count=int(g["count"]))
-            if tensors:
-                save_file(_tensors(tensors, str(ckpt)), str(tmp / NORM), metadata={"format": "pt"})
+        if cfg.data.speaker_norm and SPEAKER_NORM_KEY in state:  # feature vectors', or the frame front end's
+            g = state[SPEAKER_NORM_KEY]
+            tensors.update({f"{SPEAKER_NORM_KEY}.mean": g["mean"], f"{SPEAKER_NORM_KEY}.std": g["std"]})
+            norm.update(speaker_norm=True, speaker_norm_fallback_count=int(g["count"]))
+        if tensors:
+            save_file(_tensors(tensors, str(ckpt)), str(tmp / NORM), metadata={"format": "pt"})
         atomic_write_text(tmp / CONFIG_JSON, json.dumps(to_dict(cfg), indent=1) + "\n")
         encoders = _copy_encoders(run_dir, tmp, track, model_cfg)
         if calib:

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mer.data.speaker_norm import SpeakerNormalizer, ZStats
+from mer.data.speaker_norm import RowStats, SpeakerNormalizer, ZStats, speaker_row_stats
 from mer.errors import UserError
 from mer.evaluation.calibration import read_calibration, softmax_t
 from mer.features.memmap import MEMMAP_JSON
@@ -43,6 +44,8 @@ from mer.features.store import STORE_JSON, read_store_info
 from mer.models.frame_registry import is_frame_model
 from mer.models.heads import logits_of
 from mer.models.registry import MODE_MODALITIES
+from mer.models.speaker_mel_norm import STD_FLOOR as MEL_STD_FLOOR
+from mer.models.speaker_mel_norm import clip_moments, stats_from_record
 from mer.recipes import end_to_end, frame
 from mer.recipes.common import load_run_config
 from mer.runtime import select_device
@@ -232,6 +235,12 @@ class Predictor:
 
             self.collator = WaveCollator(int(self.model.min_clip_samples))
             self.uses_text = False
+            if self.cfg.data.speaker_norm:  # the front end's per-speaker log-mel statistics
+                if frame.SPEAKER_NORM_KEY not in state:
+                    raise UserError(f"{self.run_dir}: data.speaker_norm is set but the checkpoint holds no "
+                                    "speaker-norm statistics")
+                self.mel_fallback = stats_from_record(state[frame.SPEAKER_NORM_KEY])
+                self.speaker_norm = True
         self.model = self.model.to(self.device).eval()
         self.dim_names = list(self.cfg.model.heads.dims)
 
@@ -260,6 +269,13 @@ class Predictor:
             self.normalizer.global_stats = ZStats(g["mean"].numpy().astype(np.float64),
                                                   g["std"].numpy().astype(np.float64), int(g["count"]))
             self.speaker_norm = True
+
+    def rating_scale(self, dataset: str | None) -> tuple[float, float] | None:
+        """The (low, high) rating scale of a corpus as training normalised its ratings, or None when unknown."""
+        from mer.data.targets import DEFAULT_SCALES
+
+        scales = {**DEFAULT_SCALES, **{k: (float(v[0]), float(v[1])) for k, v in self.cfg.data.rating_scales.items()}}
+        return scales.get(str(dataset)) if dataset else None
 
     # -- description -------------------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -347,6 +363,21 @@ class Predictor:
                 notes[i] = why
         return out, notes
 
+    def _frame_speaker_stats(self, clips: list[Clip]) -> tuple[RowStats, list[str]]:
+        """Frame track with speaker normalization: each clip's speaker's log-mel statistics over the clips given
+        (the training view's for a speaker with fewer than `data.speaker_norm_min_rows` of them) and a note each."""
+        waves = [self._crop(c.audio) for c in clips]
+        speakers = [c.speaker or None for c in clips]
+        count, total, squares = clip_moments(self.model.frontend, waves)
+        stats, _ = speaker_row_stats(count, total, squares, speakers, self.mel_fallback, self.min_speaker_rows,
+                                     MEL_STD_FLOOR)
+        sizes = Counter(speakers)
+        notes = [f"no speaker id: training statistics (needs >= {self.min_speaker_rows} clips per speaker)"
+                 if s is None else f"speaker {s} has {sizes[s]} < {self.min_speaker_rows} clips: training statistics"
+                 if sizes[s] < self.min_speaker_rows else f"speaker {s}: own statistics ({sizes[s]} clips)"
+                 for s in speakers]
+        return stats, notes
+
     def _items(self, clips: list[Clip]) -> list[dict]:
         items = []
         k = int(self.cfg.data.context_turns)
@@ -380,7 +411,24 @@ class Predictor:
         if self.track == "features":
             audio, text = self.features_of(clips)
             return self.predict_features(audio, text, [c.speaker for c in clips])
-        return self._run(self.collator(self._items(clips)), [""] * len(clips))
+        items, notes = self._items(clips), [""] * len(clips)
+        if self.track == "frame" and self.speaker_norm:
+            stats, notes = self._frame_speaker_stats(clips)
+            for i, item in enumerate(items):
+                item.update(stats.item(i))
+        return self._run(self.collator(items), notes)
+
+    def predict_frame_all(self, clips: list[Clip], batch_size: int) -> Output:
+        """Frame track with speaker normalization: a speaker's statistics from all of `clips`, then batches."""
+        stats, notes = self._frame_speaker_stats(clips)
+        outs = []
+        for start in range(0, len(clips), batch_size):
+            items = self._items(clips[start:start + batch_size])
+            for j, item in enumerate(items):
+                item.update(stats.item(start + j))
+            outs.append(self._run(self.collator(items), notes[start:start + batch_size]))
+        return Output(np.concatenate([o.probs for o in outs]), np.concatenate([o.logits for o in outs]), notes,
+                      {k: np.concatenate([o.dims[k] for o in outs]) for k in outs[0].dims})
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
@@ -405,6 +453,7 @@ class Input:
     context: list[str] = field(default_factory=list)
     speaker: str | None = None
     text_source: str = ""
+    dataset: str | None = None  # the manifest's corpus: the rating scale of the dimensional outputs
 
 
 def read_table(path: Path) -> list[dict]:
@@ -460,7 +509,7 @@ def manifest_inputs(path: str | Path, *, speaker_column: str | None = None, cont
         speaker = row.get(column)
         out.append(Input(str(row.get("id") or p), p, str(row.get("text") or ""),
                          [t for t in ctx.split("\x00") if t] if ctx else [],
-                         str(speaker) if speaker not in (None, "") else None))
+                         str(speaker) if speaker not in (None, "") else None, dataset=row.get("dataset") or None))
     return out
 
 
@@ -480,6 +529,19 @@ def path_inputs(paths: list[str | Path], *, text: str = "", speaker: str | None 
     return out
 
 
+def parse_scale(text: str | None) -> tuple[float, float] | None:
+    """`--dims-scale LO,HI` -> (lo, hi); a bad value is a one-line error."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--dims-scale {text!r}: expected LO,HI (two numbers, e.g. 1,5)") from None
+    if not lo < hi:
+        raise UserError(f"--dims-scale {text!r}: expected LO < HI")
+    return lo, hi
+
+
 @dataclass
 class BatchResult:
     rows: list[dict]
@@ -488,10 +550,12 @@ class BatchResult:
 
 
 def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int = 16,
-                   progress: bool = True) -> BatchResult:
+                   progress: bool = True, dims_scale: tuple[float, float] | None = None) -> BatchResult:
     """Predict every input (decoding each file as the builder does); a file that cannot be used is skipped and
-    counted with its reason. Feature-track runs with speaker normalization see all inputs at once (a speaker's
-    statistics come from all of its clips)."""
+    counted with its reason. Runs with speaker normalization see all inputs at once (a speaker's statistics come
+    from all of its clips). Dimensional outputs: `<dim>_01` (the model's [0, 1]) and `<dim>` on a rating scale:
+    `dims_scale` (low, high) for every row, else the scale of the row's manifest `dataset` (`data.rating_scales`,
+    IEMOCAP 1-5, MSP-Podcast 1-7), else empty."""
     from tqdm.auto import tqdm
 
     from mer.serving.audio_io import load_file
@@ -501,6 +565,7 @@ def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int
     kept: list[Input] = []
     outs: list[Output] = []
     feats: list[tuple[np.ndarray, np.ndarray]] = []
+    held: list[Clip] = []  # frame track with speaker normalization: predicted once all are read
     bar = tqdm(total=len(inputs), desc="predict", unit="clip", disable=not progress)
     for start in range(0, len(inputs), batch_size):
         batch, clips = [], []
@@ -528,6 +593,8 @@ def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int
                         except BadAudio:
                             skipped.append((inp.id, f"{inp.id}: its features are not finite (too short?)"))
                     batch = good_b
+            elif predictor.track == "frame" and predictor.speaker_norm:
+                held += clips
             else:
                 outs.append(predictor.predict(clips))
             kept += batch
@@ -537,6 +604,8 @@ def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int
         audio = np.concatenate([a for a, _ in feats])
         text = np.concatenate([t for _, t in feats])
         outs = [predictor.predict_features(audio, text, [i.speaker for i in kept])]
+    if held:
+        outs = [predictor.predict_frame_all(held, batch_size)]
     probs = np.concatenate([o.probs for o in outs]) if outs else np.zeros((0, len(predictor.labels)))
     notes = [n for o in outs for n in o.notes]
     dims = {k: np.concatenate([o.dims[k] for o in outs]) for k in (outs[0].dims if outs else {})}
@@ -547,6 +616,9 @@ def predict_inputs(predictor: Predictor, inputs: list[Input], *, batch_size: int
                "confidence": float(probs[i].max())}
         row.update({f"prob_{name}": float(probs[i, k]) for k, name in enumerate(predictor.labels)})
         row.update({f"{name}_01": float(v[i]) for name, v in dims.items()})
+        scale = dims_scale or predictor.rating_scale(inp.dataset)
+        row.update({name: "" if scale is None else float(scale[0] + v[i] * (scale[1] - scale[0]))
+                    for name, v in dims.items()})
         if predictor.speaker_norm:
             row["speaker_norm"] = notes[i]
         if predictor.uses_text:  # given / asr / asr_cache / none, and the transcripts when ASR made some

@@ -233,7 +233,7 @@ class Trainer:
                  batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
                  eval_batch_sampler_fn: BatchSamplerFn = default_batch_sampler,
                  augment_fn: AugmentFn | None = None, heads: HeadsConfig | None = None,
-                 outputs_metrics_fn: Callable[[dict], dict] | None = None):
+                 outputs_metrics_fn: Callable[[dict], dict] | None = None, train_stream=None):
         self.model = model.to(device)
         self.heads = heads or HeadsConfig()
         self.has_aux_heads = bool(self.heads.dims or self.heads.gender or not self.heads.categorical)
@@ -246,6 +246,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.batch_sampler_fn = batch_sampler_fn
         self.augment_fn = augment_fn  # training batches only, on the device, after train.augment's feature steps
+        # data.shards: the training batches come from mer.data.shard_stream.ShardStream (this rank's shards)
+        self.train_stream = train_stream
 
         n_classes = len(labels)
         train_labels = np.asarray(train_set.label_ids, dtype=np.int64)
@@ -266,7 +268,9 @@ class Trainer:
         datasets = [row["dataset"] for row in train_set.meta]
         self.sampler = build_sampler(train_labels, datasets, cfg.sampler, self.sample_gen)
         self.global_batch = batch_size * self.world.size
-        self.steps_per_epoch = math.ceil(math.ceil(len(train_set) / self.global_batch) / cfg.grad_accum)
+        batches = (train_stream.steps_per_epoch if train_stream is not None
+                   else math.ceil(len(train_set) / self.global_batch))
+        self.steps_per_epoch = math.ceil(batches / cfg.grad_accum)
 
         for prefix in split_lr_overrides(model, cfg.lr_overrides)[1]:
             print(f"train.lr_overrides.{prefix}: not used, those parameters are frozen or not in this mode")
@@ -361,13 +365,16 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
         self.model.train()
-        batches = self.batch_sampler_fn(self.train_set, self.sampler, self.global_batch)
-        if self.world.enabled:  # this rank's part of each global batch, and how many real samples it holds
-            global_batches = [list(b) for b in batches]
-            totals = [len(b) for b in global_batches]
-            parts = [distributed.shard_batch(b, self.world.rank, self.world.size) for b in global_batches]
-            batches, counts = [p[0] for p in parts], [p[1] for p in parts]
-        loader = make_loader(self.train_set, batches, self.collate_fn, self.num_workers)
+        if self.train_stream is not None:  # streamed: this rank's batches and every step's real counts
+            loader, counts, totals = self.train_stream.epoch_loader(epoch, self.collate_fn, self.num_workers)
+        else:
+            batches = self.batch_sampler_fn(self.train_set, self.sampler, self.global_batch)
+            if self.world.enabled:  # this rank's part of each global batch, and how many real samples it holds
+                global_batches = [list(b) for b in batches]
+                totals = [len(b) for b in global_batches]
+                parts = [distributed.shard_batch(b, self.world.rank, self.world.size) for b in global_batches]
+                batches, counts = [p[0] for p in parts], [p[1] for p in parts]
+            loader = make_loader(self.train_set, batches, self.collate_fn, self.num_workers)
         n_batches = len(loader)
         loss_sum, n_seen, y_true, y_pred = 0.0, 0, [], []
         self.optimizer.zero_grad(set_to_none=True)
