@@ -2,11 +2,13 @@
 
 Models (random weights: latency does not depend on them), wrapped exactly as export.py exports them (logits and
 softmax(logits / T) outputs): FlexibleAT (mode A, hidden 256) on ComParE_2016-sized vectors (6373 dims), and the
-frame-level cnn_small (default log-mel front end and channels) on 3 s clips at 16 kHz. Each figure is the median
-of `--repeats` timed calls after `--warmup` untimed ones, both engines on the same inputs and thread count; the
-max abs difference of their probabilities is reported too.
+frame-level cnn_small (default log-mel front end and channels) on 3 s clips at 16 kHz; with `--hf`, also hf_at
+(mode A: a wavlm-base-plus-sized WavLM, `WavLMConfig()`'s defaults, mean pooling, one fusion block; the per-clip
+input normalization inside the graph) on 3 s clips, timed `--hf-repeats` times. Each figure is the median of
+`--repeats` timed calls after `--warmup` untimed ones, both engines on the same inputs and thread count; the max abs
+difference of their probabilities is reported too.
 
-    PYTHONPATH=src python bench/bench_onnx.py [--threads 1] [--repeats 50]
+    PYTHONPATH=src python bench/bench_onnx.py [--threads 1] [--repeats 50] [--hf --hf-repeats 3]
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ from mer.config import validate
 from mer.models import build_model
 from mer.schema import ModelConfig
 from mer.serving.export import FeatureGraph, WaveGraph, exportable_frame_model
+from mer.serving.export_hf import HFGraph
+
+
+def hf_at_graph() -> HFGraph:
+    """hf_at (mode A) over a randomly initialised wavlm-base-plus-sized WavLM, wrapped as export.py wraps it."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    from mer.models.hf_at import HFEncoders
+
+    enc = HFEncoders(audio=WavLMModel(WavLMConfig()).eval(), feature_extractor=Wav2Vec2FeatureExtractor())
+    cfg = validate({"name": "hf_at", "mode": "A", "hidden_dim": 256, "fusion": {"layers": 1, "heads": 4},
+                    "hf": {"audio_encoder": "random-wavlm-base"}}, ModelConfig)
+    return HFGraph(build_model(cfg, 7, encoders=enc).eval(), 1.3, normalize=True, min_samples=enc.min_audio_samples)
 
 
 def median_ms(fn, warmup: int, repeats: int) -> float:
@@ -45,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--hf", action="store_true", help="also hf_at over a wavlm-base-plus-sized WavLM (slow)")
+    ap.add_argument("--hf-repeats", type=int, default=3)
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
@@ -58,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
              ("cnn_small_3s", WaveGraph(exportable_frame_model(frame), 1.3).eval(), ["input_values", "attention_mask"],
               {"input_values": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}},
               lambda b: (0.1 * torch.randn(b, 48000), torch.ones(b, 48000, dtype=torch.long)))]
+    if args.hf:
+        axes = {0: "b", 1: "s"}
+        cases.append(("hf_at_A_wavlm_base_3s", hf_at_graph().eval(), ["input_values", "audio_attention_mask"],
+                      {"input_values": axes, "audio_attention_mask": axes},
+                      lambda b: (0.1 * torch.randn(b, 48000), torch.ones(b, 48000, dtype=torch.long))))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, graph, names, axes, make in cases:
@@ -81,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                     return sess.run(["probs"], feed)[0]
 
                 diff = float(np.abs(run_ort() - run_torch().numpy()).max())
-                pt = median_ms(run_torch, args.warmup, args.repeats)
-                ox = median_ms(run_ort, args.warmup, args.repeats)
+                warmup, repeats = ((1, args.hf_repeats) if name.startswith("hf_at") else (args.warmup, args.repeats))
+                pt = median_ms(run_torch, warmup, repeats)
+                ox = median_ms(run_ort, warmup, repeats)
                 results.append({"model": name, "batch": batch, "pytorch_ms": round(pt, 3), "onnxruntime_ms": round(ox, 3),
                                 "speedup": round(pt / ox, 2), "max_abs_diff": diff})
     print(json.dumps({"bench": "onnx_vs_pytorch_cpu", "threads": args.threads, "repeats": args.repeats,

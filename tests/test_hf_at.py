@@ -24,6 +24,7 @@ from mer.models.hf_at import (
     encode_audio_states,
     encoders_from_files,
     load_hf_encoders,
+    masked_group_norm,
     save_encoder_files,
 )
 from mer.schema import ModelConfig, TaskConfig, ViewConfig
@@ -132,6 +133,25 @@ def test_batched_encoding_equals_the_shared_clip_by_clip_encoding_values_and_gra
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if "conv_layers.0" in n})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("groups", "channels"), [(32, 32), (4, 16), (1, 8)])
+def test_masked_group_norm_equals_the_group_norm_of_each_clip_alone(groups, channels):
+    """The vectorised masked GroupNorm = F.group_norm run on each row's real frames alone (then zero-padded),
+    on random data with uneven lengths; with nothing padded it is the plain GroupNorm."""
+    g = torch.Generator().manual_seed(groups)
+    norm = torch.nn.GroupNorm(groups, channels)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+    x = 3 * torch.randn(5, channels, 97, generator=g) + 1
+    lengths = torch.tensor([97, 40, 2, 73, 96])
+    loop = torch.cat([torch.nn.functional.pad(torch.nn.functional.group_norm(
+        x[b:b + 1, :, :n], groups, norm.weight, norm.bias, norm.eps), (0, 97 - n)) for b, n in enumerate(lengths.tolist())])
+    got = masked_group_norm(norm, x, lengths)
+    torch.testing.assert_close(got, loop, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1, :, 40:], torch.zeros(channels, 57))
+    torch.testing.assert_close(masked_group_norm(norm, x, torch.full((5,), 97)), norm(x), atol=1e-5, rtol=1e-5)
 
 
 def _step(model: HFAudioTextModel) -> tuple[dict, dict]:

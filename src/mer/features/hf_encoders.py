@@ -172,9 +172,11 @@ def encoder_fingerprint(model: nn.Module) -> str:
 # -- audio ---------------------------------------------------------------------------------------------------
 def audio_output_lengths(model: nn.Module, lengths: Tensor | int) -> Tensor:
     """Frames the encoder makes from `lengths` samples (its own conv arithmetic), never negative."""
-    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    # a tensor stays the same tensor (no as_tensor: under torch.jit.trace a length read from a shape is a traced
+    # value, and as_tensor would freeze it into the graph as a constant)
+    lengths = lengths.long() if isinstance(lengths, Tensor) else torch.as_tensor(lengths, dtype=torch.long)
     out = model._get_feat_extract_output_lengths(lengths)
-    return torch.as_tensor(out, dtype=torch.long).clamp_min(0)
+    return (out.long() if isinstance(out, Tensor) else torch.as_tensor(out, dtype=torch.long)).clamp_min(0)
 
 
 def min_audio_samples(model: nn.Module) -> int:
@@ -190,11 +192,12 @@ def frame_mask_from_waveform_mask(model: nn.Module, attention_mask: Tensor) -> T
 
     T is the frame count of the padded batch, `model._get_feat_extract_output_lengths(S)`; row b keeps its first
     `_get_feat_extract_output_lengths(attention_mask[b].sum())` frames (a row without samples keeps none).
+    Traceable: under `torch.jit.trace` the batch and sample axes stay dynamic (no Python int of a tensor).
     """
     if attention_mask.ndim != 2:
         raise ValueError(f"attention_mask must be [B, S], got shape {tuple(attention_mask.shape)}")
     lengths = audio_output_lengths(model, attention_mask.sum(-1).long())
-    total = int(audio_output_lengths(model, attention_mask.shape[1]))
+    total = audio_output_lengths(model, attention_mask.shape[1])  # a traced value under torch.jit.trace
     return torch.arange(total, device=attention_mask.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
