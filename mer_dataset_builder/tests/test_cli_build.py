@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -244,3 +246,15 @@ def test_python_m_reports_a_missing_corpus_in_one_line(tmp_path):
                            "meta_manifest.jsonl written by build)\n")
     proc = _run_module("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "build" in proc.stdout and "make-demo" in proc.stdout
+
+
+def test_output_piped_into_a_closed_pipe_ends_quietly(built, monkeypatch):
+    """`mer-builder ... | head`: the closed pipe is a BrokenPipeError (an OSError), not a traceback."""
+    out = built[1]
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["validate", str(out / "meta_manifest.jsonl"), "--no-sha"]) == 0

@@ -3,6 +3,8 @@
     mer-builder build --datasets ravdess,meld --raw-root raw/ --out data/
     mer-builder build --datasets all --raw-root raw/ --out data/ --policy ravdess.calm=drop --jobs 8
     mer-builder build --folder MyCorpus=~/my_corpus --option MyCorpus.speaker_regex='^(\\d+)_' --out data/
+    mer-builder build --datasets all --raw-root raw/ --out data/ --shard 2/4      # one of 4 processes (SLURM array)
+    mer-builder build --datasets all --raw-root raw/ --out data/ --merge-shards 4 # then: the manifest from the 4 parts
     mer-builder validate data/meta_manifest.jsonl
     mer-builder shards data/meta_manifest.jsonl --out shards/ --max-shard-mb 256   # WebDataset tars + index.json
     mer-builder make-demo --out demo_raw/
@@ -189,8 +191,11 @@ def print_build_summary(result: BuildResult, seconds: float, validation: Any | N
     def p(line: str) -> None:
         print(line, file=file)
 
+    clips = f"decoded {result.n_normalized} clip(s), reused {result.n_reused} from an earlier run"
+    if result.merged_parts:
+        clips = f"merged {result.merged_parts} part(s), whose last runs {clips}"
     p(f"\nBuilt {s['n_rows']} rows ({hours:.2f} h) from {len(result.report['datasets'])} dataset(s) in "
-      f"{seconds:.1f} s: decoded {result.n_normalized} clip(s), reused {result.n_reused} from an earlier run")
+      f"{seconds:.1f} s: {clips}")
     p(f"  {'dataset':<{w}}  {'train':>7} {'val':>7} {'test':>7} {'hours':>7} {'skipped':>8}")
     for ds in result.report["datasets"]:
         rows = s["rows"].get(ds, {})
@@ -225,6 +230,7 @@ def print_build_summary(result: BuildResult, seconds: float, validation: Any | N
 
 def cmd_build(args: argparse.Namespace) -> int:
     from mer_builder.prepare.build_manifest import build_dataset
+    from mer_builder.prepare.build_parts import build_part, parse_shard, part_summary_lines
     from mer_builder.prepare.normalize_audio import NormalizeOptions
     from mer_builder.prepare.policy import LabelPolicy
     from mer_builder.prepare.validate import validate
@@ -244,17 +250,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise BuildError(f"--jobs {args.jobs}: expected a number >= 1")
     if args.iemocap_test_session == args.iemocap_val_session:
         raise BuildError(f"--iemocap-test-session and --iemocap-val-session are both {args.iemocap_test_session}")
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if args.merge_shards is not None and args.merge_shards < 1:
+        raise BuildError(f"--merge-shards {args.merge_shards}: expected a number >= 1 (the N of the parts' "
+                         "--shard K/N)")
     corpora = resolve_corpora(args)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out}: is a file, expected a folder")
     options = {k: v for k, v in vars(args).items() if k != "func"}
+    norm_options = NormalizeOptions(min_duration_s=args.min_duration, max_duration_s=args.max_duration,
+                                    truncated=args.truncated)
+    if shard is not None:
+        part = build_part(corpora, out, policy, shard, jobs=args.jobs, norm_options=norm_options,
+                          options_for_report=options, progress=not args.quiet)
+        print("\n".join(part_summary_lines(part)))
+        return 0
     result = build_dataset(
-        corpora, out, policy, jobs=args.jobs, seed=args.seed, ratios=ratios,
-        norm_options=NormalizeOptions(min_duration_s=args.min_duration, max_duration_s=args.max_duration,
-                                      truncated=args.truncated),
+        corpora, out, policy, jobs=args.jobs, seed=args.seed, ratios=ratios, norm_options=norm_options,
         iemocap_test_session=args.iemocap_test_session, iemocap_val_session=args.iemocap_val_session,
-        options_for_report=options, progress=not args.quiet,
+        options_for_report=options, progress=not args.quiet, merge_shards=args.merge_shards,
     )
     report = None
     if not args.no_validate:
@@ -323,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("build", help="parse -> normalize -> split -> manifest -> validate",
-                       description="Build meta_manifest.jsonl/.csv and 16 kHz mono WAVs from raw corpora.")
+                       description="Build meta_manifest.jsonl/.csv and 16 kHz mono WAVs from raw corpora: in one "
+                                   "process, or over N processes (--shard K/N each, then --merge-shards N once).")
     b.add_argument("--datasets", help="comma-separated names (ravdess,crema-d,meld,iemocap,esd,emov-db,mead,emodb,"
                                       "msp-podcast) "
                                       "or 'all' (every corpus found under --raw-root)")
@@ -349,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "listed in build_report.json (default), or skip them")
     b.add_argument("--iemocap-test-session", type=int, default=5, help="IEMOCAP session held out as test (5)")
     b.add_argument("--iemocap-val-session", type=int, default=4, help="IEMOCAP session used as val (4)")
+    sharded = b.add_mutually_exclusive_group()
+    sharded.add_argument("--shard", metavar="K/N",
+                         help="one of N processes (0 <= K < N, e.g. a SLURM array task): normalize only part K of "
+                              "the clips into --out (resumable) and record it in --out/.parts/part-K-of-N/; no "
+                              "manifest (see --merge-shards); give every part the same flags")
+    sharded.add_argument("--merge-shards", type=int, metavar="N",
+                         help="after all N --shard parts: check that they are complete, disjoint and made with these "
+                              "flags from these corpora, then write the manifest, splits and reports from them "
+                              "(nothing is decoded again), as an unsharded build would")
     b.add_argument("--no-validate", action="store_true", help="skip validating the manifest at the end")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
@@ -408,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly (an OSError: caught before those)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
+        return 0
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
@@ -420,9 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (a rerun resumes where this one stopped)", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

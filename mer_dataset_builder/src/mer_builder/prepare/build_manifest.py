@@ -246,6 +246,7 @@ class BuildResult:
     n_normalized: int = 0  # decoded in this run
     n_reused: int = 0  # taken from the state of an earlier run
     warnings: list[str] = field(default_factory=list)
+    merged_parts: int = 0  # N when the clips came from the N parts of a sharded build (n_*: the parts' counts)
 
 
 def _reason_counts(report: Any, norm_skips: list[dict]) -> dict[str, int]:
@@ -288,6 +289,48 @@ def _parse_corpora(corpora: list[Corpus], policy: Any, progress: bool) -> tuple[
     return items, reports
 
 
+def check_corpora(corpora: list[Corpus], out: Path) -> None:
+    """BuildError when two corpora share a name or `out` lies inside a corpus folder."""
+    names = [c.name for c in corpora]
+    if len(set(names)) != len(names):
+        raise BuildError(f"a dataset is named twice: {', '.join(names)}")
+    for corpus in corpora:  # the next build would read our own WAVs back as corpus files
+        root = corpus.root.resolve()
+        if out.resolve() == root or root in out.resolve().parents:
+            raise BuildError(f"--out {out} is inside the {corpus.name} folder {corpus.root}: choose an output "
+                             "folder outside every corpus")
+
+
+def plan_tasks(items: list[RawItem], out: Path) -> tuple[list[tuple[RawItem, str]], dict[str, list[dict]]]:
+    """The items to normalize with their output (relative to `out`), in parse order, and per dataset the items
+    whose id cannot name a file (skipped, as build_report.json lists them)."""
+    task_items: list[tuple[RawItem, str]] = []
+    norm_skips: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        try:
+            rel = audio_relpath(it.id)
+        except ValueError as exc:
+            norm_skips[it.dataset].append({"id": it.id, "path": str(it.source_path), "reason": "bad id",
+                                           "detail": str(exc)})
+            continue
+        task_items.append((it, rel))
+    return task_items, norm_skips
+
+
+def normalize_tasks(task_items: list[tuple[RawItem, str]], out: Path, state_path: Path, *, jobs: int | None,
+                    norm_options: Any, progress: bool) -> list[Any]:
+    """`normalize_many` over the planned items into `<out>/audio/` (results in the same order), resuming from and
+    recording in `state_path`."""
+    from tqdm import tqdm
+
+    from mer_builder.prepare.normalize_audio import normalize_many
+
+    tasks = [(Path(it.source_path), out / rel) for it, rel in task_items]
+    with tqdm(total=len(tasks), desc="normalize", unit=" clips", disable=not progress) as bar:
+        return normalize_many(tasks, jobs=jobs, options=norm_options, state_path=state_path,
+                              out_root=out / AUDIO_DIR, on_progress=bar.update)
+
+
 def build_dataset(
     corpora: list[Corpus],
     out: Path | str,
@@ -301,6 +344,7 @@ def build_dataset(
     iemocap_val_session: int = 4,
     options_for_report: dict[str, Any] | None = None,
     progress: bool = True,
+    merge_shards: int | None = None,
 ) -> BuildResult:
     """parse -> normalize -> split -> write manifest, summary, histogram and build report under `out`.
 
@@ -308,24 +352,19 @@ def build_dataset(
     clips. A parser that fails on the user's data (ValueError/OSError, one line) becomes a BuildError naming the
     corpus and its folder; nothing under `out` is replaced then. Writing happens under an exclusive lock on `out`
     (`mer_builder.lock`): while another build holds it, BuildError names the folder and that build's pid.
-    """
-    from tqdm import tqdm
 
+    `merge_shards=N` normalizes nothing: it takes the clips of the N parts of a `--shard K/N` build
+    (`mer_builder.prepare.build_parts`; a part missing, stale or not matching is a BuildError before anything is
+    written); the rest is the same, so the manifest is the one an unsharded build writes.
+    """
     from mer_builder import __version__
-    from mer_builder.prepare.normalize_audio import NormalizeOptions, normalize_many
+    from mer_builder.prepare.normalize_audio import NormalizeOptions
     from mer_builder.prepare.split_checks import split_warnings
     from mer_builder.prepare.split_speakers import assign_splits
 
     out = Path(out)
     norm_options = norm_options or NormalizeOptions()
-    names = [c.name for c in corpora]
-    if len(set(names)) != len(names):
-        raise BuildError(f"a dataset is named twice: {', '.join(names)}")
-    for corpus in corpora:  # the next build would read our own WAVs back as corpus files
-        root = corpus.root.resolve()
-        if out.resolve() == root or root in out.resolve().parents:
-            raise BuildError(f"--out {out} is inside the {corpus.name} folder {corpus.root}: choose an output "
-                             "folder outside every corpus")
+    check_corpora(corpora, out)
 
     # 1. parse (nothing is written yet)
     items, reports = _parse_corpora(corpora, policy, progress)
@@ -337,25 +376,18 @@ def build_dataset(
     except FolderLocked as exc:
         raise BuildError(f"--out {exc}") from None
     with held:
-        # 2. normalize
+        # 2. normalize (or, merging a sharded build, take what its parts normalized)
         out.mkdir(parents=True, exist_ok=True)
-        audio_root = out / AUDIO_DIR
-        tasks: list[tuple[Path, Path]] = []
-        task_items: list[tuple[RawItem, str]] = []
-        norm_skips: dict[str, list[dict]] = defaultdict(list)
+        task_items, norm_skips = plan_tasks(items, out)
         truncated: dict[str, list[dict]] = defaultdict(list)  # kept, at the length the file really has
-        for it in items:
-            try:
-                rel = audio_relpath(it.id)
-            except ValueError as exc:
-                norm_skips[it.dataset].append({"id": it.id, "path": str(it.source_path), "reason": "bad id",
-                                               "detail": str(exc)})
-                continue
-            tasks.append((Path(it.source_path), out / rel))
-            task_items.append((it, rel))
-        with tqdm(total=len(tasks), desc="normalize", unit=" clips", disable=not progress) as bar:
-            results = normalize_many(tasks, jobs=jobs, options=norm_options, state_path=audio_root / STATE_FILE,
-                                     out_root=audio_root, on_progress=bar.update)
+        parts_report = None
+        if merge_shards is None:
+            results = normalize_tasks(task_items, out, out / AUDIO_DIR / STATE_FILE, jobs=jobs,
+                                      norm_options=norm_options, progress=progress)
+        else:
+            from mer_builder.prepare.build_parts import merged_results
+
+            results, parts_report = merged_results(out, task_items, merge_shards, norm_options, held)
         kept: list[tuple[RawItem, str, Any]] = []
         n_reused = n_new = 0
         for (it, rel), res in zip(task_items, results, strict=True):
@@ -368,7 +400,7 @@ def build_dataset(
             else:
                 norm_skips[it.dataset].append({"id": it.id, "path": res.source, "reason": res.skip_reason,
                                                "detail": res.detail})
-        del items, tasks, task_items, results
+        del items, task_items, results
 
         # 3. split
         plan = assign_splits([k[0] for k in kept], ratios=ratios, seed=seed,
@@ -429,6 +461,10 @@ def build_dataset(
             "datasets": ds_reports,
             "warnings": warnings,
         }
+        if parts_report is not None:
+            report["merged_parts"] = parts_report
+            n_new, n_reused = parts_report["decoded"], parts_report["reused"]
         write_json(out / BUILD_REPORT_JSON, report)
         return BuildResult(out=out, manifest=out / MANIFEST_JSONL, stats=stats, summary=summary, report=report,
-                           n_normalized=n_new, n_reused=n_reused, warnings=warnings)
+                           n_normalized=n_new, n_reused=n_reused, warnings=warnings,
+                           merged_parts=merge_shards or 0)
