@@ -213,9 +213,13 @@ def add_noise(
     b, t = wave.shape
     snr = uniform((b,), lo, hi, gen, wave.device)
     apply = _coin(b, p, gen, wave.device)
-    if noises is None:
+    if noises is None:  # drawn only for the clips that get noise
         _check_gen(gen)
-        noise = torch.randn((b, t), generator=gen, device=_device(gen)).to(wave.device)
+        rows = torch.nonzero(apply.to(_device(gen)), as_tuple=True)[0]
+        noise = torch.zeros((b, t), dtype=torch.float32, device=wave.device)
+        if rows.numel():
+            noise[rows.to(wave.device)] = torch.randn((rows.numel(), t), generator=gen,
+                                                      device=_device(gen)).to(wave.device)
     else:
         noise = _noise_windows(noises, lengths, t, gen, wave.device)
     mask = lengths_to_mask(lengths, t)
@@ -417,11 +421,14 @@ class AudioAugment:
         if self.speed_factors is not None or self.speed_range is not None:
             new, new_len, _ = speed_perturb(wave, lengths, gen, self.speed_factors, self.speed_range)
             apply = _coin(wave.shape[0], self.speed_p, gen, wave.device)
-            width = max(new.shape[1], wave.shape[1])
-            new = torch.nn.functional.pad(new, (0, width - new.shape[1]))
-            old = torch.nn.functional.pad(wave, (0, width - wave.shape[1]))
-            wave = torch.where(apply.unsqueeze(1), new, old)
-            lengths = torch.where(apply, new_len, lengths)
+            if bool(apply.all()):  # the usual speed_p = 1: no mixing with the originals
+                wave, lengths = new, new_len
+            else:
+                width = max(new.shape[1], wave.shape[1])
+                new = torch.nn.functional.pad(new, (0, width - new.shape[1]))
+                old = torch.nn.functional.pad(wave, (0, width - wave.shape[1]))
+                wave = torch.where(apply.unsqueeze(1), new, old)
+                lengths = torch.where(apply, new_len, lengths)
             wave = wave[:, : max(1, int(lengths.max()))] if lengths.numel() else wave
         if self.shift_s is not None:
             wave = time_shift(wave, lengths, gen, round(self.shift_s * self.sample_rate))

@@ -143,6 +143,13 @@ class LogMelFrontend(nn.Module):
         b, t = wave.shape
         if self.pad_mode == "constant":
             return nn.functional.pad(wave, (pad, pad))
+        if b and int(lengths.min()) > pad:  # one reflection per edge: gather only the edges
+            out = nn.functional.pad(wave, (pad, pad))
+            out[:, :pad] = wave[:, 1:pad + 1].flip(-1)
+            k = torch.arange(pad, device=wave.device).unsqueeze(0)
+            ends = lengths.to(torch.long).unsqueeze(1)
+            out.scatter_(1, pad + ends + k, torch.gather(wave, 1, ends - 2 - k))
+            return out
         index = torch.arange(-pad, t + pad, device=wave.device).unsqueeze(0).expand(b, -1)
         return torch.gather(wave, 1, reflect_index(index, lengths))
 
@@ -168,8 +175,10 @@ class LogMelFrontend(nn.Module):
                 center=False,
                 return_complex=True,
             )  # [B, K, F]
-            spec = spec.abs()
-            spec = spec.square() if self.power == 2.0 else spec.pow(self.power)
+            if self.power == 2.0:  # |X|^2 = re^2 + im^2: no square root (abs) then square
+                spec = spec.real.square() + spec.imag.square()
+            else:
+                spec = spec.abs().pow(self.power)
             mel = torch.matmul(self.mel_fb, spec)  # [B, n_mels, F]
             feats = torch.log(mel + self.log_offset)
             frame_lengths = self.frame_lengths(lengths)
