@@ -2,8 +2,9 @@
 
 generate raw RAVDESS + MELD demo corpora (synthesized speech) -> build and validate the manifest -> MFCC + hashed
 text features -> memmap -> train and evaluate FlexibleAT and RobustAT -> end-to-end training of a tiny local WavLM
-with the real MiniLM text encoder (a tiny RoBERTa when its package is absent) -> results on TestA (acted) and TestB
-(MELD) collected into one comparison table.
+with the real MiniLM text encoder (a tiny RoBERTa when its package is absent) -> a frame-level CNN over log-mel
+(audio only, with augmentation) -> results on TestA (acted) and TestB (MELD) collected into one comparison table
+(each run also writes its calibration, ECE and reliability diagrams).
 
 Every step is skipped when its output is already there, so a rerun only redoes what is missing. The dataset
 builder is a separate project: it is run as `python -m mer_builder` (MER meets it only at the manifest file).
@@ -20,7 +21,7 @@ from mer.config import load_config
 from mer.errors import UserError
 from mer.features.extract_mfcc import extract_mfcc_hash
 from mer.models.tiny_encoders import make_tiny_roberta, make_tiny_wavlm, minilm_path
-from mer.recipes import end_to_end, features
+from mer.recipes import end_to_end, features, frame
 from mer.recipes.common import eval_table
 from mer.reporting.collect import collect_and_report
 
@@ -46,7 +47,7 @@ def run_demo(out: Path, configs: Path, seed: int = 0, jobs: int | None = None, s
     jobs_args = ["--jobs", str(jobs)] if jobs else []
 
     raw, dataset = out / "raw", out / "dataset"
-    t0 = _step("1/6 demo corpus (RAVDESS + MELD layouts, synthesized speech)")
+    t0 = _step("1/7 demo corpus (RAVDESS + MELD layouts, synthesized speech)")
     if (raw / ".demo_done").is_file():
         print(f"up to date: {raw}")
     else:
@@ -54,18 +55,18 @@ def run_demo(out: Path, configs: Path, seed: int = 0, jobs: int | None = None, s
         (raw / ".demo_done").write_text("ok\n")
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("2/6 manifest: normalize to 16 kHz mono, speaker-disjoint splits, validate")
+    t0 = _step("2/7 manifest: normalize to 16 kHz mono, speaker-disjoint splits, validate")
     manifest = dataset / "meta_manifest.jsonl"
     _builder("build", "--datasets", "ravdess,meld", "--raw-root", str(raw), "--out", str(dataset),
              "--seed", str(seed), "--ratios", "0.6,0.2,0.2", "--quiet", *jobs_args)
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("3/6 features: MFCC mean+std + hashed bag-of-words -> store -> memmap")
+    t0 = _step("3/7 features: MFCC mean+std + hashed bag-of-words -> store -> memmap")
     store, memmap = out / "features" / "mfcc_hash", out / "features" / "mfcc_hash_mm"
     extract_mfcc_hash(manifest, store, memmap=memmap, jobs=jobs)
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("4/6 train + evaluate FlexibleAT and RobustAT (TestA = acted test, TestB = MELD test)")
+    t0 = _step("4/7 train + evaluate FlexibleAT and RobustAT (TestA = acted test, TestB = MELD test)")
     for run_name, config in FEATURE_RUNS:
         _train_once(features, out / "runs" / run_name, configs / config, [f"data.store={memmap}"])
     print(f"({time.perf_counter() - t0:.1f}s)")
@@ -73,7 +74,7 @@ def run_demo(out: Path, configs: Path, seed: int = 0, jobs: int | None = None, s
     minilm = minilm_path()
     text_encoder = str(minilm) if minilm else str(make_tiny_roberta(out / "encoders" / "tiny_roberta"))
     e2e_name = "demo_e2e_minilm" if minilm else "demo_e2e_tiny"
-    t0 = _step(f"5/6 end-to-end: tiny random WavLM + {'the real MiniLM' if minilm else 'a tiny random RoBERTa'} "
+    t0 = _step(f"5/7 end-to-end: tiny random WavLM + {'the real MiniLM' if minilm else 'a tiny random RoBERTa'} "
                "text encoder fine-tuned with the fusion head, from the WAVs and transcripts")
     audio_encoder = make_tiny_wavlm(out / "encoders" / "tiny_wavlm")
     text_lr = 5e-5 if minilm else 1e-3  # a pretrained encoder is fine-tuned gently, a random one learns
@@ -83,7 +84,12 @@ def run_demo(out: Path, configs: Path, seed: int = 0, jobs: int | None = None, s
     _train_once(end_to_end, out / "runs" / e2e_name, configs / "demo_e2e.yaml", overrides)
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    _step("6/6 results (scripts/collect_results.py)")
+    t0 = _step("6/7 frame-level audio: cnn_small over log-mel from the WAVs, with crop / speed / gain / noise / "
+               "SpecAugment / mixup on training batches")
+    _train_once(frame, out / "runs" / "demo_frame_cnn", configs / "demo_frame.yaml", [f"data.manifest={manifest}"])
+    print(f"({time.perf_counter() - t0:.1f}s)")
+
+    _step("7/7 results (scripts/collect_results.py)")
     print(collect_and_report(out / "runs"))
     print(f"\nchance macro-F1 is about {1 / 7:.3f} (7 classes). Per run: {out / 'runs'}/<run>/plots/ (curves), "
           f"eval_testA/ and eval_testB/ (confusion matrices, predictions.csv, metrics_eval.json)")
