@@ -19,6 +19,7 @@ from mer.data.speaker_norm import ZStats, speaker_row_stats
 from mer.errors import run_cli
 from mer.models.frontend import LogMelFrontend, lengths_to_mask
 from mer.models.speaker_mel_norm import STD_FLOOR, clip_moments
+from mer.training.checkpoint import load_checkpoint
 
 
 def _raw_logmel(fe: LogMelFrontend, wave: np.ndarray) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_a_speaker_normalized_frame_run_reports_it_and_evaluates_the_same_from_i
     # test split: TOYACT speakers spk0..2_test with 2 clips each (fall back at min 3), MELD Joey / Rachel with 3
     assert report["rows"] == metrics["n"] == 12
     assert report["own_stats_speakers"] == 2 and report["fallback_rows"] == 6
-    state = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
     assert len(state["speaker_norm_fallback"]["mean"]) == 16
     assert json.loads((run / "task_report.json").read_text())["speaker_norm"]["train"]["rows"] == 24
     before = (run / "eval_test" / "predictions.csv").read_text()

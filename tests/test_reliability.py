@@ -42,7 +42,7 @@ from mer.features.extract_mfcc import extract_mfcc_hash
 from mer.features.extraction import Log
 from mer.features.memmap import build_memmap
 from mer.features.store import FeatureStoreReader, FeatureStoreWriter
-from mer.io import FolderLock, FolderLocked, atomic_write_text, remove_stale_temps
+from mer.io import FolderLock, FolderLocked, atomic_folder, atomic_write_text, remove_stale_temps
 from mer.models import build_model
 from mer.runtime import Precision
 from mer.schema import EMOTIONS_7, ModelConfig, TaskConfig, TrainConfig, ViewConfig
@@ -563,3 +563,17 @@ def test_the_readme_walk_through_says_to_activate_the_venv_before_its_first_comm
     walk = text[text.index("## Walk-through with real corpora"):]
     assert "source .venv/bin/activate" in walk[: walk.index("```bash")]
     assert (REPO / "Makefile").read_text().count(".venv") > 0  # the venv the README names is the Makefile's
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_leaves_it_untouched(tmp_path):
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(out) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no temp folder left
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    with atomic_folder(out) as tmp:
+        (tmp / "new.txt").write_text("whole")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]

@@ -26,6 +26,7 @@ from mer.data.manifest_dataset import HFCollator, ManifestDataset, pad_normalize
 from mer.evaluation.metrics import compute_metrics
 from mer.runtime import Precision
 from mer.schema import ExperimentConfig, TrainConfig
+from mer.training.checkpoint import load_checkpoint
 from mer.training.loop import PREFETCH_BATCHES, Trainer, make_loader, optimizer_options, param_groups
 
 LABELS = ["anger", "joy", "sadness", "neutral"]
@@ -227,7 +228,7 @@ def test_an_end_to_end_run_with_the_wave_cache_writes_the_same_metrics(tmp_path,
     assert (manifest.parent / "meta_manifest.jsonl.wavecache" / "index.json").is_file()
     assert (plain / "metrics_val.csv").read_text() == (cached / "metrics_val.csv").read_text()
     assert read_csv(plain / "metrics_train.csv", ("time_s",)) == read_csv(cached / "metrics_train.csv", ("time_s",))
-    best = [torch.load(d / "checkpoints" / "best.pt", weights_only=False)["model"] for d in (plain, cached)]
+    best = [load_checkpoint(d / "checkpoints" / "best.pt")["model"] for d in (plain, cached)]
     assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
 
 

@@ -86,6 +86,25 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+@contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder's content in a temp folder beside it (yielded); when the block ends without an error the
+    temp folder replaces `folder` (an existing one is removed first), else it is removed: a reader never sees a
+    half-written folder."""
+    folder = Path(folder)
+    tmp = temp_name(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path``.
 

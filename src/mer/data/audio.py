@@ -120,7 +120,9 @@ def decode_audio(path: Path, sr: int = SAMPLE_RATE, pcm16: bool = False) -> tupl
     return np.ascontiguousarray(y), converted
 
 
-def _offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
+def crop_offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
+    """A crop window's start within `excess` spare samples: 0 ("start"), the centre, or one random draw (`rng`,
+    else torch's global generator: the draw training's random crops make)."""
     if excess <= 0 or crop == "start":
         return 0
     if crop == "center":
@@ -147,7 +149,7 @@ def read_clip_cropped(
     with sf.SoundFile(sound_source(path)) as fh:  # what sf.info + sf.read(start, frames) read, in one opening
         sr, total = int(fh.samplerate), int(fh.frames)
         window = total if max_s is None else min(total, int(math.ceil(max_s * sr)))
-        start = _offset(total - window, crop, rng)
+        start = crop_offset(total - window, crop, rng)
         if start:
             fh.seek(start)
         data = fh.read(window, dtype="float32", always_2d=True)

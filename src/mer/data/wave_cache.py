@@ -49,9 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 
-from mer.data.audio import Crop, not_audio_reason
+from mer.data.audio import Crop, crop_offset, not_audio_reason
 from mer.errors import UserError
 from mer.io import FolderLock, atomic_write_text
 
@@ -91,17 +90,6 @@ class Clip:
         """Whether the file (its `os.stat`, the manifest's sha256 of it) is still the one that was cached."""
         return (self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
                 and (sha256 is None or self.sha256 is None or sha256 == self.sha256))
-
-
-def _offset(excess: int, crop: Crop, rng: np.random.Generator | None) -> int:
-    """The window's start: the draw `mer.data.audio.read_clip` makes (one torch draw for a random crop)."""
-    if excess <= 0 or crop == "start":
-        return 0
-    if crop == "center":
-        return excess // 2
-    if rng is not None:
-        return int(rng.integers(0, excess + 1))
-    return int(torch.randint(0, excess + 1, (1,)).item())
 
 
 def _unwritable(folder: Path, exc: OSError) -> UserError:
@@ -305,7 +293,7 @@ class WaveCache:
                 return None
         total = clip.frames
         window = total if max_s is None else min(total, int(math.ceil(max_s * clip.sr)))
-        start = _offset(total - window, crop, rng)
+        start = crop_offset(total - window, crop, rng)
         seg = data[start:start + window]
         if clip.kind == I16:
             x = seg.astype(np.float32)

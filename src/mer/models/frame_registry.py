@@ -21,14 +21,13 @@ encoder's receptive field.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 
 from torch import nn
 
 from mer.errors import UserError
 from mer.features.hf_encoders import load_encoder, quiet_transformers
+from mer.io import atomic_folder
 from mer.models.cnn_mel import ResNet18Mel, SmallCNN
 from mer.models.ecapa import ECAPATDNN
 from mer.models.frontend import LogMelFrontend
@@ -160,17 +159,10 @@ def save_frame_encoder(enc: HFEncoders, folder: str | Path) -> Path:
     """`folder/audio/`: the encoder's config.json and its feature extractor's files (no weights), written into a
     temp folder and renamed; an existing `folder` is replaced."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_folder(folder) as tmp:
         enc.audio.config.save_pretrained(tmp / "audio")
         if enc.feature_extractor is not None:
             enc.feature_extractor.save_pretrained(tmp / "audio")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -32,8 +32,6 @@ dict then supplies every weight.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +55,7 @@ from mer.features.hf_encoders import (
     select_layer,
     text_max_length,
 )
+from mer.io import atomic_folder
 from mer.models.blocks import ModalityProjection
 from mer.models.pooling import AttentiveStatsPool
 from mer.models.registry import MODE_MODALITIES, register
@@ -121,19 +120,12 @@ def save_encoder_files(enc: HFEncoders, folder: str | Path) -> Path:
     """Write `audio/` and `text/` (config.json + feature extractor / tokenizer files, no weights) into `folder`,
     atomically: a temp folder beside it, renamed at the end. An existing `folder` is replaced."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_folder(folder) as tmp:
         for name, model, proc in (("audio", enc.audio, enc.feature_extractor), ("text", enc.text, enc.tokenizer)):
             if model is None:
                 continue
             model.config.save_pretrained(tmp / name)
             proc.save_pretrained(tmp / name)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

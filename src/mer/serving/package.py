@@ -27,7 +27,6 @@ import json
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import torch
 from mer.config import load_config, to_dict, validate
 from mer.errors import UserError
 from mer.evaluation.calibration import read_calibration
-from mer.io import atomic_write_text
+from mer.io import atomic_folder, atomic_write_text
 from mer.schema import ExperimentConfig
 from mer.training.checkpoint import (
     AUDIO_DIM_KEY,
@@ -146,10 +145,7 @@ def write_package(run_dir: str | Path, out_dir: str | Path | None = None, *, che
     track, mode = _track(model_cfg.get("name")), str(model_cfg.get("mode", "AT"))
     calib = read_calibration(run_dir)
     calib = calib if calib and calib.get("checkpoint") in (None, checkpoint) else None
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:  # a failure leaves no half-written package
         if formats:  # the graph exports first: a model they cannot take stops here, before any file is moved
             from mer.serving.export import export_run
 
@@ -207,12 +203,6 @@ def write_package(run_dir: str | Path, out_dir: str | Path | None = None, *, che
         record["files"] = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
                            for f in sorted(tmp.rglob("*")) if f.is_file()}
         atomic_write_text(tmp / PACKAGE_JSON, json.dumps(record, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return record
 
 
