@@ -28,6 +28,7 @@ it reports samples per CPU-second of the process, which other processes on the m
 JSON line (with each side's settings) and one human line.
 
     python bench/bench_e2e.py [--clips 96] [--batch-size 8] [--epochs 2] [--repeats 7] [--threads 1]
+                              [--device cpu|cuda] [--amp off|bf16] [--encoder tiny|base]
                               [--workers 0] [--no-cache] [--compile]
 """
 
@@ -57,7 +58,7 @@ from mer.evaluation.metrics import compute_metrics  # noqa: E402
 from mer.models import build_model  # noqa: E402
 from mer.models.hf_at import load_hf_encoders  # noqa: E402
 from mer.models.tiny_encoders import make_tiny_wavlm  # noqa: E402
-from mer.runtime import Precision  # noqa: E402
+from mer.runtime import resolve_precision  # noqa: E402
 from mer.schema import ExperimentConfig  # noqa: E402
 from mer.training.loop import Trainer  # noqa: E402
 
@@ -65,8 +66,28 @@ LABELS = ["anger", "joy", "sadness", "neutral"]
 LR = 1e-4
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously) before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_encoder(path: Path, size: str) -> Path:
+    """`tiny`: the tests' random WavLM (hidden 32, 2 layers); `base`: a random WavLM at wavlm-base-plus's size
+    (hidden 768, 12 layers, 512-channel conv stack, 94 M parameters), the encoder a GPU run fine-tunes."""
+    if size == "tiny":
+        return make_tiny_wavlm(path)
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    torch.manual_seed(0)
+    WavLMModel(WavLMConfig(mask_time_prob=0.0)).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(path)
+    return path
+
+
 def experiment(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, wave_cache: bool = True,
-               num_workers: int = 0, compile: bool = False) -> ExperimentConfig:
+               num_workers: int = 0, compile: bool = False, amp: str = "off") -> ExperimentConfig:
     return validate({
         "data": {"manifest": str(manifest), "task": {"labels": LABELS}, "batch_size": batch_size,
                  "max_audio_s": 20.0, "bucket_batches": bucket_batches, "wave_cache": wave_cache,
@@ -74,14 +95,16 @@ def experiment(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int
         "model": {"name": "hf_at", "mode": "A", "hidden_dim": 32, "dropout": 0.0,
                   "fusion": {"layers": 1, "heads": 2, "dropout": 0.0},
                   "hf": {"audio_encoder": str(wavlm), "freeze": "feature_encoder"}},
-        "train": {"lr": LR, "weight_decay": 0.0, "grad_clip": 1.0, "amp": "off", "progress": False,
+        "train": {"lr": LR, "weight_decay": 0.0, "grad_clip": 1.0, "amp": amp, "progress": False,
                   "scheduler": {"name": "none"}, "early_stopping": {"patience": None}, "compile": compile},
     }, ExperimentConfig)
 
 
 def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, epochs: int, out: Path,
-             wave_cache: bool = True, num_workers: int = 0, compile: bool = False) -> dict:
-    cfg = experiment(manifest, wavlm, batch_size, bucket_batches, wave_cache, num_workers, compile)
+             wave_cache: bool = True, num_workers: int = 0, compile: bool = False, device: str = "cpu",
+             amp: str = "off") -> dict:
+    cfg = experiment(manifest, wavlm, batch_size, bucket_batches, wave_cache, num_workers, compile, amp)
+    dev = torch.device(device)
     enc = load_hf_encoders(cfg.model.hf, "A")
     task = cfg.data.task
     t0 = time.perf_counter()
@@ -89,26 +112,28 @@ def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, 
                                 mode="A", wave_cache=cfg.data.wave_cache)
     open_s = time.perf_counter() - t0  # with the cache: checked (and built by the first run), before timing
     torch.manual_seed(0)
-    model = build_model(cfg.model, len(LABELS), encoders=enc)
+    model = build_model(cfg.model, len(LABELS), encoders=enc).to(dev)
     collator = HFCollator(enc.feature_extractor, None, "A", min_audio_samples=enc.min_audio_samples)
     fn = bucketed_batch_sampler_fn(bucket_batches)
     trainer = Trainer(model, train_set, train_set, cfg.train, run_dir=out, labels=LABELS, mode="A",
-                      device=torch.device("cpu"), precision=Precision(None, False),
+                      device=dev, precision=resolve_precision(amp, dev),
                       metrics_fn=lambda yt, yp: compute_metrics(yt, yp, LABELS), batch_size=batch_size,
                       eval_batch_size=batch_size, collate_fn=collator, batch_sampler_fn=fn, eval_batch_sampler_fn=fn,
                       num_workers=cfg.data.num_workers)
     probe = torch.utils.data.RandomSampler(range(len(train_set)), generator=torch.Generator().manual_seed(1))
     pad = padding_fraction(train_set.lengths, fn(train_set, probe, batch_size))
     trainer._train_epoch(1)  # warm-up
+    sync(dev)
     t0, c0 = time.perf_counter(), time.process_time()
     for epoch in range(2, epochs + 2):
         trainer._train_epoch(epoch)
+    sync(dev)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = epochs * len(train_set)
     return {"samples_per_s": n / seconds, "samples_per_cpu_s": n / cpu, "padding_fraction": pad,
             "steps": epochs * trainer.steps_per_epoch, "seconds": seconds, "dataset_open_s": open_s,
             "settings": {"bucket_batches": bucket_batches, "wave_cache": wave_cache, "num_workers": num_workers,
-                         "pin_memory": False, "compile": compile,
+                         "pin_memory": dev.type == "cuda", "compile": compile, "amp": amp,
                          "optimizer": "AdamW " + ("fused" if trainer.optimizer.defaults.get("fused") else
                                                   "foreach" if trainer.optimizer.defaults.get("foreach") else
                                                   "per-tensor"),
@@ -169,7 +194,7 @@ def reference_padding(lengths: list[int], batch_size: int, draws: int = 20) -> f
 
 
 def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: int, out: Path,
-                          num_workers: int = 0) -> dict:
+                          num_workers: int = 0, device: str = "cpu", amp: str = "off") -> dict:
     from transformers import Trainer as HFTrainer
     from transformers import TrainerCallback, TrainingArguments
 
@@ -180,6 +205,8 @@ def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: 
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (steps_per_epoch, args.max_steps):
+                sync(torch.device(device))
             if state.global_step == steps_per_epoch:  # end of the warm-up epoch
                 marks["start"], marks["cpu_start"] = time.perf_counter(), time.process_time()
             marks["end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
@@ -187,8 +214,9 @@ def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: 
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch_size,
                              max_steps=steps_per_epoch * (epochs + 1), learning_rate=LR, weight_decay=0.0,
                              max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, eval_strategy="no",
-                             save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_num_workers=num_workers, dataloader_pin_memory=False, disable_tqdm=True,
+                             save_strategy="no", logging_strategy="no", report_to=[], use_cpu=device == "cpu",
+                             bf16=amp == "bf16", dataloader_num_workers=num_workers,
+                             dataloader_pin_memory=device != "cpu", disable_tqdm=True,
                              seed=0, remove_unused_columns=False, train_sampling_strategy="group_by_length")
     # processing_class: the LengthGroupedSampler reads the lengths of its model_input_names[0] ("input_values")
     trainer = HFTrainer(model=model, args=args, train_dataset=data, data_collator=PadCollator(fe),
@@ -201,7 +229,8 @@ def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: 
             "padding_fraction": reference_padding(data.lengths(), batch_size),
             "settings": {"train_sampling_strategy": args.train_sampling_strategy,
                          "processing_class": type(fe).__name__, "optim": str(getattr(args.optim, "value", args.optim)),
-                         "num_workers": num_workers, "pin_memory": False, "decoding": "every read"}}
+                         "num_workers": num_workers, "pin_memory": device != "cpu", "bf16": amp == "bf16",
+                         "decoding": "every read"}}
 
 
 def run_reference_loop(manifest: Path, wavlm: Path, batch_size: int, epochs: int, num_workers: int = 0) -> dict:
@@ -239,6 +268,10 @@ def run_reference_loop(manifest: Path, wavlm: Path, batch_size: int, epochs: int
                          "num_workers": num_workers, "pin_memory": False, "decoding": "every read"}}
 
 
+def have_accelerate() -> bool:
+    return importlib.util.find_spec("accelerate") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=96, help="training clips (a multiple of 4)")
@@ -251,23 +284,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers, both sides")
     p.add_argument("--no-cache", action="store_true", help="ours: decode every read (no data.wave_cache)")
     p.add_argument("--compile", action="store_true", help="ours: train.compile (torch.compile of the model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast, both sides (train.amp / "
+                   "TrainingArguments.bf16)")
+    p.add_argument("--encoder", default="tiny", choices=["tiny", "base"],
+                   help="random WavLM: tiny (hidden 32, 2 layers) or base (wavlm-base-plus's size)")
     args = p.parse_args(argv)
+    if args.device != "cpu" and not have_accelerate():
+        p.error("--device cuda compares against transformers' Trainer, which needs accelerate")
     torch.set_num_threads(args.threads)
-    have_trainer = importlib.util.find_spec("accelerate") is not None
+    have_trainer = have_accelerate()
     cache = not args.no_cache
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        wavlm = make_tiny_wavlm(root / "wavlm")
+        wavlm = make_encoder(root / "wavlm", args.encoder)
         manifest = make_tone_manifest(root / "data", per_split={"train": args.clips // 4}, min_s=0.5, max_s=4.0)
         runs: dict[str, list[dict]] = {"ours_bucketed": [], "ours_random": [], "reference": []}
         for r in range(args.repeats):
             with contextlib.redirect_stdout(io.StringIO()):
                 runs["ours_bucketed"].append(run_ours(manifest, wavlm, args.batch_size, 16, args.epochs,
-                                                      root / f"ours_b{r}", cache, args.workers, args.compile))
+                                                      root / f"ours_b{r}", cache, args.workers, args.compile,
+                                                      args.device, args.amp))
                 runs["ours_random"].append(run_ours(manifest, wavlm, args.batch_size, 1, args.epochs,
-                                                    root / f"ours_r{r}", cache, args.workers, args.compile))
+                                                    root / f"ours_r{r}", cache, args.workers, args.compile,
+                                                    args.device, args.amp))
                 runs["reference"].append(run_reference_trainer(manifest, wavlm, args.batch_size, args.epochs,
-                                                               root / f"ref{r}", args.workers) if have_trainer else
+                                                               root / f"ref{r}", args.workers, args.device,
+                                                               args.amp) if have_trainer else
                                          run_reference_loop(manifest, wavlm, args.batch_size, args.epochs,
                                                             args.workers))
     med = {k: statistics.median(x["samples_per_s"] for x in v) for k, v in runs.items()}
@@ -276,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "e2e_train_hf_at_audio",
         "clips": args.clips, "batch_size": args.batch_size, "timed_epochs": args.epochs, "repeats": args.repeats,
-        "threads": args.threads, "num_workers": args.workers, "dtype": "float32",
+        "threads": args.threads, "num_workers": args.workers, "device": args.device, "encoder": args.encoder,
+        "dtype": "bfloat16 autocast" if args.amp == "bf16" else "float32",
         "samples_per_s": {k: round(v, 2) for k, v in med.items()},
         "samples_per_s_all": {k: [round(x["samples_per_s"], 2) for x in v] for k, v in runs.items()},
         "samples_per_cpu_s": {k: round(v, 2) for k, v in med_cpu.items()},
@@ -291,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result))
     ours, ref = result["settings"]["ours"], result["settings"]["reference"]
-    print(f"hf_at training (audio, tiny WavLM, batch {args.batch_size}, {args.threads} threads, {args.workers} "
-          f"workers): {med['ours_bucketed']:.1f} samples/s bucketed ({pad['ours_bucketed']:.1%} padding), "
+    print(f"hf_at training (audio, {args.encoder} WavLM, {args.device}, {result['dtype']}, batch {args.batch_size}, "
+          f"{args.threads} threads, {args.workers} workers): {med['ours_bucketed']:.1f} samples/s bucketed ({pad['ours_bucketed']:.1%} padding), "
           f"{med['ours_random']:.1f} random batches ({pad['ours_random']:.1%}) [wave cache "
           f"{'on' if cache else 'off'}, {ours['optimizer']}, compile {'on' if args.compile else 'off'}]; reference "
           f"{med['reference']:.1f} ({pad['reference']:.1%} padding) [{ref.get('train_sampling_strategy', 'grouped')}, "

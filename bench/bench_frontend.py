@@ -14,6 +14,7 @@ torch runs on `--threads` threads (default 2, the CPU of the figures); librosa's
 Prints one JSON line and one human line.
 
     PYTHONPATH=src python bench/bench_frontend.py [--clips 256] [--batch-size 32] [--threads 2] [--repeats 5]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ def batches(clips: list[np.ndarray], batch_size: int) -> list[tuple[torch.Tensor
     return out
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -79,11 +82,14 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="where the torch front end runs: cpu or cuda (the batches are "
+                    "moved there before timing, as the training loop moves them; librosa stays on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     clips = make_clips(args.clips)
-    data = batches(clips, args.batch_size)
-    frontend = LogMelFrontend(n_mels=80, n_fft=400, hop=160, f_min=0.0, f_max=8000.0, log_offset=1e-6)
+    data = [(w.to(device), n.to(device)) for w, n in batches(clips, args.batch_size)]
+    frontend = LogMelFrontend(n_mels=80, n_fft=400, hop=160, f_min=0.0, f_max=8000.0, log_offset=1e-6).to(device)
     aug = AudioAugment(speed_factors=(0.9, 1.0, 1.1), shift_s=0.2, gain_db=(-6.0, 6.0), noise_snr_db=(10.0, 30.0),
                        noise_p=0.5, freq_masks=2, freq_width=8, time_masks=2, time_width=20)
 
@@ -92,7 +98,7 @@ def main() -> int:
         for wave, lengths in data:
             frontend(wave, lengths)
 
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
 
     @torch.no_grad()
     def run_aug():
@@ -105,23 +111,25 @@ def main() -> int:
     ref = librosa_loop(clips[:8])
     wave, lengths = batches(clips[:8], 8)[0]
     with torch.no_grad():
-        feats, frames = frontend(wave, lengths)
+        feats, frames = frontend(wave.to(device), lengths.to(device))
+        feats, frames = feats.cpu(), frames.cpu()
     order = sorted(range(8), key=lambda i: -clips[i].size)
     gap = max(float(np.abs(feats[j, :, : int(frames[j])].numpy() - ref[i]).max()) for j, i in enumerate(order))
 
     run_torch()  # warm-up
     t_librosa = timed(lambda: librosa_loop(clips), max(1, args.repeats // 2))
-    t_torch = timed(run_torch, args.repeats)
-    t_aug = timed(run_aug, args.repeats)
+    t_torch = timed(run_torch, args.repeats, device)
+    run_aug()  # warm-up
+    t_aug = timed(run_aug, args.repeats, device)
     audio_s = sum(c.size for c in clips) / SR
     result = {"bench": "frontend", "clips": args.clips, "audio_s": round(audio_s, 1), "batch_size": args.batch_size,
-              "threads": args.threads, "librosa_clips_per_s": round(args.clips / t_librosa, 1),
+              "threads": args.threads, "device": args.device, "librosa_clips_per_s": round(args.clips / t_librosa, 1),
               "torch_clips_per_s": round(args.clips / t_torch, 1),
               "torch_aug_clips_per_s": round(args.clips / t_aug, 1),
               "speedup_torch": round(t_librosa / t_torch, 2), "speedup_torch_aug": round(t_librosa / t_aug, 2),
               "max_abs_log_mel_diff": float(f"{gap:.2e}")}
     print(json.dumps(result))
-    print(f"front end, {args.clips} clips ({audio_s:.0f} s of audio), {args.threads} threads: librosa loop "
+    print(f"front end on {args.device}, {args.clips} clips ({audio_s:.0f} s of audio), {args.threads} threads: librosa loop "
           f"{result['librosa_clips_per_s']} clips/s, torch batched {result['torch_clips_per_s']} clips/s "
           f"({result['speedup_torch']}x), torch + augmentation {result['torch_aug_clips_per_s']} clips/s "
           f"({result['speedup_torch_aug']}x); max |log-mel diff| {gap:.1e}")

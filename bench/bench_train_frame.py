@@ -9,7 +9,7 @@ forward, class-weighted loss, backward, AdamW step) for `--steps` steps after `-
 second of training on `--threads` threads (default 2).
 
     PYTHONPATH=src python bench/bench_train_frame.py [--manifest M.jsonl] [--models cnn_small,ecapa_tdnn]
-        [--threads 2] [--steps 8] [--batch-size 32]
+        [--threads 2] [--steps 8] [--batch-size 32] [--device cuda] [--amp bf16]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mer.data.bucketing import bucketed_batch_sampler_fn, padding_fraction
 from mer.data.manifest import read_manifest
 from mer.data.wave_batch import WaveCollator
 from mer.models import build_model
+from mer.runtime import resolve_precision
 from mer.schema import AugmentConfig, ModelConfig
 from mer.training.frame_augment import FrameAugmenter
 
@@ -66,7 +67,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--bucket-batches", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (batches moved there per step, as the loop does)")
+    ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast of forward and loss")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    precision = resolve_precision(args.amp, device)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     if args.manifest:
@@ -83,28 +88,32 @@ def main() -> int:
 
     bucketed = epoch_batches(args.bucket_batches)
     result = {"bench": "train_frame", "source": source, "clips": len(lengths), "threads": args.threads,
+              "device": args.device, "amp": args.amp,
               "batch_size": args.batch_size, "bucket_batches": args.bucket_batches,
               "padding_bucketed": round(padding_fraction(lengths, bucketed), 4),
               "padding_random": round(padding_fraction(lengths, epoch_batches(1)), 4)}
     collate = WaveCollator()
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = build_model(validate({"name": name, "mode": "A", **MODELS[name]}, ModelConfig), 7).train()
+        model = build_model(validate({"name": name, "mode": "A", **MODELS[name]}, ModelConfig), 7).train().to(device)
         aug = FrameAugmenter.from_config(AUGMENT)
         aug.install(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        weight = torch.rand(7) + 0.5
-        gen = torch.Generator().manual_seed(1)
+        weight = (torch.rand(7) + 0.5).to(device)
+        gen = torch.Generator(device).manual_seed(1)
         n_seen, seconds = 0, 0.0
         for step, idx in enumerate((bucketed * 4)[: args.warmup + args.steps]):
             batch = collate([{"audio": clip(int(lengths[i]), rng), "label": int(i) % 7, "index": int(i)}
                              for i in idx])
             t0 = time.perf_counter()
-            b = aug(batch, gen)
-            loss = torch.nn.functional.cross_entropy(model(b), b["label"], weight=weight)
+            b = aug({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}, gen)
+            with precision.autocast(device):
+                loss = torch.nn.functional.cross_entropy(model(b).float(), b["label"], weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if step >= args.warmup:
                 seconds += time.perf_counter() - t0
                 n_seen += len(idx)
@@ -113,7 +122,8 @@ def main() -> int:
     print(json.dumps(result))
     models = ", ".join(f"{m} {result[m]['samples_per_s']} samples/s ({result[m]['params']:,} params)"
                        for m in args.models.split(","))
-    print(f"training on {args.threads} CPU threads, batches of {args.batch_size}: {models}; padding "
+    where = f"{args.threads} CPU threads" if device.type == "cpu" else f"{args.device} ({args.amp})"
+    print(f"training on {where}, batches of {args.batch_size}: {models}; padding "
           f"{result['padding_bucketed']:.1%} with buckets of {args.bucket_batches} batches "
           f"(random batches {result['padding_random']:.1%})")
     return 0

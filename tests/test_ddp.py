@@ -55,7 +55,7 @@ def _config(tmp_path: Path, store: Path, batch: int, **train) -> Path:
 
 def _run(config: Path, nproc: int, *extra: str, sitecustomize: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [*([str(sitecustomize)] if sitecustomize else []), str(REPO / "src")])}
+        [*([str(sitecustomize)] if sitecustomize else []), str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
     return subprocess.run([*launcher, str(REPO / "train.py"), "--config", str(config), *extra], env=env,
@@ -152,3 +152,19 @@ def test_a_nan_on_one_rank_stops_every_rank_with_one_line(tmp_path, store):
         "error: non-finite loss (nan)", "error: non-finite loss on another rank"}, proc.stderr[-2000:]
     assert all("at epoch 1, step 1; stopped." in ln for ln in lines)
     assert not (tmp_path / "nan" / "runs" / "toy" / "checkpoints" / "last.pt").exists()
+
+
+def test_more_processes_than_gpus_is_one_line(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU node: rank 1 would ask for cuda:1; it is told why, in one line,
+    before any process group is joined."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    from mer import distributed
+    from mer.errors import UserError
+
+    with pytest.raises(UserError, match=r"LOCAL_RANK=1 on a node with 1 CUDA device.*--nproc_per_node"):
+        distributed.init("auto")
+    assert not torch.distributed.is_initialized()

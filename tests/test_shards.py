@@ -391,7 +391,7 @@ def test_two_gloo_ranks_stream_every_training_row_once_per_epoch_with_uneven_sha
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(REPO / "train_frame.py"), "--config", str(cfg)],
         env={**os.environ, "OMP_NUM_THREADS": "1", "SEEN_DIR": str(tmp_path / "seen"),
-             "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")])},
+             "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])},
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ids = open_view(env, "train", True).ids

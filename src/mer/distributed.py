@@ -73,6 +73,10 @@ def init(device_name: str = "auto") -> tuple[World, str]:
     if device_name.startswith("cuda:"):
         raise UserError(f"config key 'run.device': {device_name!r} under torchrun; use auto or cuda (each process "
                         "takes cuda:LOCAL_RANK)")
+    if cuda and local >= torch.cuda.device_count():
+        raise UserError(f"torchrun started process LOCAL_RANK={local} on a node with {torch.cuda.device_count()} CUDA "
+                        "device(s): use --nproc_per_node at most the number of GPUs (one process per GPU), or "
+                        "--set run.device=cpu for gloo on the CPU")
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local)
