@@ -19,12 +19,12 @@ from mer.data.manifest_dataset import HFCollator, ManifestDataset
 from mer.errors import UserError
 from mer.features.hf_encoders import encode_audio, load_encoder, pool_audio, select_layer
 from mer.models import build_model
+from mer.models.conv_features import masked_group_norm
 from mer.models.hf_at import (
     HFAudioTextModel,
     encode_audio_states,
     encoders_from_files,
     load_hf_encoders,
-    masked_group_norm,
     save_encoder_files,
 )
 from mer.schema import ModelConfig, TaskConfig, ViewConfig

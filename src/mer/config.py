@@ -27,7 +27,7 @@ from mer.schema import ExperimentConfig
 
 RESOLVED_NAME = "config_resolved.yaml"
 RESUME_MUTABLE_KEYS = frozenset({"train.epochs", "train.progress", "run.device", "data.num_workers",
-                                 "data.wave_cache"})  # may change between a run and its resume
+                                 "data.wave_cache", "model.hf.conv_cache_mb"})  # may change between a run and its resume
 
 # YAML 1.1 (PyYAML) reads `1e-4` as a string: its float needs a dot and a signed exponent. Accept any
 # decimal number with an exponent as a float, when loading and when deciding what to quote on dumping.

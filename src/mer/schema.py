@@ -127,6 +127,9 @@ class HFModelConfig:
     freeze: Literal["none", "feature_encoder", "all"] = "feature_encoder"
     gradient_checkpointing: bool = False  # recompute encoder activations in backward: less memory, ~30% slower
     max_text_tokens: int | None = None  # token limit per text (None: the text encoder's own limit)
+    # > 0: keep the frozen conv feature encoder's output of training clips in memory, up to this many MiB, and
+    # reuse it in later epochs (needs freeze: feature_encoder or all; clips cropped in training are recomputed)
+    conv_cache_mb: float = 0.0
 
 
 @dataclass

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +56,7 @@ from mer.features.hf_encoders import (
 )
 from mer.io import atomic_folder
 from mer.models.blocks import ModalityProjection
+from mer.models.conv_features import ConvFeatureCache, masked_conv_norm, replaced_conv_features
 from mer.models.pooling import AttentiveStatsPool
 from mer.models.registry import MODE_MODALITIES, register
 from mer.models.robust_at import CLSTokenFusion
@@ -156,49 +156,9 @@ def encoders_from_files(folder: str | Path, mode: str) -> HFEncoders:
     return enc
 
 
-def masked_group_norm(norm: nn.GroupNorm, x: Tensor, lengths: Tensor) -> Tensor:
-    """`norm` (a GroupNorm over channels x time) applied to each row's first `lengths[b]` frames alone, so that
-    its statistics ignore the padding; frames past a row's length come out as 0. x [B, C, T], lengths [B].
-
-    One vectorised pass (equal to running F.group_norm on each row's frames alone, to float rounding; tested):
-    mean and biased variance per row and group over the group's channels and the row's real frames (a frame
-    mask), then the affine. A row without frames gives zeros. Traceable with dynamic batch and time axes.
-    """
-    b, c, t = x.shape
-    g = int(norm.num_groups)
-    mask = (torch.arange(t, device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)).float()
-    xg = x.float().reshape(b, g, c // g, t)  # statistics in float32, as F.group_norm takes them under autocast
-    m = mask.view(b, 1, 1, t)
-    count = (mask.sum(-1) * (c // g)).clamp_min(1).view(-1, 1, 1, 1)  # the same for every group of a row
-    mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
-    centred = (xg - mean) * m
-    var = centred.square().sum(dim=(2, 3), keepdim=True) / count
-    y = (centred * torch.rsqrt(var + norm.eps)).reshape(b, c, t)
-    if norm.affine:
-        y = y * norm.weight.float().view(1, c, 1) + norm.bias.float().view(1, c, 1)
-    return (y * mask.unsqueeze(1)).to(x.dtype)
-
-
-@contextlib.contextmanager
-def _masked_conv_norm(model: nn.Module, lengths: Tensor) -> Iterator[None]:
-    """While active, the GroupNorm of the encoder's first conv layer normalises each clip over its own frames.
-
-    The conv stack is otherwise local (a valid output frame only sees valid samples), so the whole batch runs in
-    one pass and every clip's conv features equal those of the clip run alone.
-    """
-    layer0 = model.feature_extractor.conv_layers[0]
-    norm = layer0.layer_norm
-    k, stride = int(model.config.conv_kernel[0]), int(model.config.conv_stride[0])
-    frames = torch.div(lengths.long() - k, stride, rounding_mode="floor") + 1  # HF's conv arithmetic
-    norm.forward = lambda x: masked_group_norm(norm, x, frames)
-    try:
-        yield
-    finally:
-        del norm.forward  # back to the class's forward
-
-
 def encode_audio_states(model: nn.Module, input_values: Tensor, attention_mask: Tensor,
-                        all_states: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
+                        all_states: bool = False, conv_features: Tensor | None = None,
+                        ) -> tuple[tuple[Tensor, ...], Tensor]:
     """The audio encoder on a right-padded batch: its hidden states (all of them, indexed as `select_layer`
     indexes them, or just the last) and the frame mask [B, T].
 
@@ -220,7 +180,10 @@ def encode_audio_states(model: nn.Module, input_values: Tensor, attention_mask: 
     frame_mask = frame_mask_from_waveform_mask(model, attention_mask)
     group_norm = getattr(model.config, "feat_extract_norm", None) == "group"
     padded = tracing or bool((lengths < input_values.shape[-1]).any())
-    ctx = _masked_conv_norm(model, lengths) if group_norm and padded else contextlib.nullcontext()
+    if conv_features is not None:  # the frozen conv stack's output, given (`ConvFeatureCache`)
+        ctx = replaced_conv_features(model, conv_features)
+    else:
+        ctx = masked_conv_norm(model, lengths) if group_norm and padded else contextlib.nullcontext()
     with ctx, warnings.catch_warnings():
         # torch warns about WavLM's mixed bool key-padding mask and float position bias; the result is right.
         warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask and attn_mask.*")
@@ -256,6 +219,7 @@ class HFAudioTextModel(nn.Module):
         self.cfg, self.mode, self.n_classes = cfg, cfg.mode, n_classes
         self.modalities = MODE_MODALITIES[cfg.mode]
         self.freeze = hf.freeze
+        self.conv_cache: ConvFeatureCache | None = None  # enable_conv_cache (training only; not in the state)
         enc = encoders if encoders is not None else load_hf_encoders(hf, cfg.mode)
         hidden = cfg.hidden_dim
         self.audio_layer = hf.audio_layer
@@ -297,6 +261,15 @@ class HFAudioTextModel(nn.Module):
                 enc.audio.feature_extractor.conv_layers[0].gradient_checkpointing = False
 
     # -- structure -------------------------------------------------------------------------------------------
+    def enable_conv_cache(self, max_mb: float, max_samples: int | None) -> ConvFeatureCache:
+        """Keep the frozen conv stack's output of training clips in memory (`model.hf.conv_cache_mb`); clips of
+        `max_samples` or more (cropped in training) are not kept."""
+        if "audio" not in self.modalities or self.freeze not in ("feature_encoder", "all"):
+            raise UserError("config key 'model.hf.conv_cache_mb': needs an audio encoder whose conv feature encoder "
+                            "is frozen (model.hf.freeze: feature_encoder or all)")
+        self.conv_cache = ConvFeatureCache(int(max_mb * 2**20), max_samples)
+        return self.conv_cache
+
     def encoders(self) -> list[nn.Module]:
         return [m for m in (getattr(self, "audio_encoder", None), getattr(self, "text_encoder", None)) if m is not None]
 
@@ -329,11 +302,16 @@ class HFAudioTextModel(nn.Module):
     def _grad_ctx(self):
         return torch.no_grad() if self.freeze == "all" else contextlib.nullcontext()
 
-    def audio_vector(self, input_values: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled audio vector [B, audio_dim] (before the projection); padding never changes a clip's vector."""
+    def audio_vector(self, input_values: Tensor, attention_mask: Tensor, index: Tensor | None = None) -> Tensor:
+        """Pooled audio vector [B, audio_dim] (before the projection); padding never changes a clip's vector.
+        `index`: the batch's dataset rows, for the conv feature cache (training only)."""
+        conv = None
+        cache = getattr(self, "conv_cache", None)
+        if cache is not None and index is not None and self.training and not torch.jit.is_tracing():
+            conv = cache.features(self.audio_encoder, input_values, attention_mask, index)
         with self._grad_ctx():
             states, frame_mask = encode_audio_states(self.audio_encoder, input_values, attention_mask,
-                                                     all_states=self.audio_layer != "last")
+                                                     all_states=self.audio_layer != "last", conv_features=conv)
         if self.audio_layer == "weighted":
             weights = torch.softmax(self.audio_layer_weights.float(), dim=0)
             hidden = sum(w * h.float() for w, h in zip(weights, states, strict=True))
@@ -362,7 +340,8 @@ class HFAudioTextModel(nn.Module):
             missing = [k for k in keys if k not in batch]
             if missing:
                 raise ValueError(f"mode {self.mode}: the batch has no {', '.join(missing)}")
-            vec = vector_fn(batch[keys[0]], batch[keys[1]])
+            extra = {"index": batch.get("index")} if modality == "audio" else {}
+            vec = vector_fn(batch[keys[0]], batch[keys[1]], **extra)
         else:  # no row of the batch has this modality: nothing to encode
             vec = torch.zeros(mask.shape[0], dim, device=mask.device, dtype=self.head.weight.dtype)
         return proj(vec)

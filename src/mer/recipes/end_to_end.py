@@ -83,6 +83,12 @@ def check_config(cfg: ExperimentConfig) -> None:
     if cfg.data.bucket_batches < 1:
         raise UserError(f"config key 'data.bucket_batches': expected >= 1 (1 = random batches), got "
                         f"{cfg.data.bucket_batches}")
+    if cfg.model.hf.conv_cache_mb < 0:
+        raise UserError(f"config key 'model.hf.conv_cache_mb': expected >= 0 MiB (0 = off), got "
+                        f"{cfg.model.hf.conv_cache_mb}")
+    if cfg.model.hf.conv_cache_mb and cfg.data.shards:
+        raise UserError("config keys 'model.hf.conv_cache_mb' and 'data.shards': the cache keeps clips by dataset row, "
+                        "which a stream of shards does not have; set model.hf.conv_cache_mb to 0 with data.shards")
     check_shard_config(cfg)
 
 
@@ -101,6 +107,16 @@ def open_view(cfg: ExperimentConfig, rows: list[dict], manifest: str | Path, vie
                            mode=cfg.model.mode, context_sep=encoders.context_sep,
                            sampling_rate=encoders.sampling_rate, rows=rows, wave_cache=cfg.data.wave_cache,
                            shards=open_shards(cfg.data.shards))
+
+
+def enable_conv_cache(model: nn.Module, cfg: ExperimentConfig, sampling_rate: int):
+    """`model.hf.conv_cache_mb`: the model's conv feature cache (None when off). Clips within 1 ms of
+    `data.max_audio_s` or longer are never kept: training crops them at random."""
+    if not cfg.model.hf.conv_cache_mb:
+        return None
+    max_s = cfg.data.max_audio_s
+    max_samples = None if max_s is None else int(max_s * sampling_rate) - sampling_rate // 1000
+    return model.enable_conv_cache(cfg.model.hf.conv_cache_mb, max_samples)
 
 
 def make_collator(cfg: ExperimentConfig, encoders: HFEncoders) -> HFCollator:
@@ -202,6 +218,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     attach_targets(cfg, train_set, [val_set, *eval_sets.values()])
     labels = train_set.labels
     model = build_model(cfg.model, len(labels), encoders=encoders)
+    conv_cache = enable_conv_cache(model, cfg, encoders.sampling_rate)
     if cfg.train.init_from and not resume:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
@@ -248,6 +265,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
             batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches,
             train_stream=stream)
+        if conv_cache is not None:
+            print(conv_cache.summary())
     if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates
         state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.eval.checkpoint}.pt", map_location="cpu")
         model.load_state_dict(eval_weights(state, cfg.eval.checkpoint))

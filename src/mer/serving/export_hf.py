@@ -12,7 +12,7 @@
 
 The encoders run in eager attention for the export (plain MatMul / Softmax in the graph: no attention kernel or
 mask shortcut chosen in Python at trace time), and the wav2vec2-family GroupNorm stem always takes each clip's statistics over its own frames
-(`mer.models.hf_at.masked_group_norm`; equal to the plain GroupNorm when nothing is padded).
+(`mer.models.conv_features.masked_group_norm`; equal to the plain GroupNorm when nothing is padded).
 """
 
 from __future__ import annotations
