@@ -289,7 +289,8 @@ class SamplerConfig:
 class AugmentConfig:
     feature_noise: float = 0.0  # std of Gaussian noise added to features in training
     modality_dropout: float = 0.0  # probability of dropping one modality of a sample (never both)
-    # Frame-level audio models only (train_frame.py), training batches only; null / 0 = off.
+    # The audio models trained from the manifest (train_frame.py; train_hf_e2e.py all but SpecAugment), training
+    # batches only; null / 0 = off.
     freq_masks: int = 0  # SpecAugment: frequency masks per clip, each up to freq_width mel bins
     freq_width: int = 8
     time_masks: int = 0  # SpecAugment: time masks per clip, each up to time_width frames

@@ -62,10 +62,15 @@ from mer.training.checkpoint import (
     load_checkpoint,
     rebuild_model,
 )
+from mer.training.frame_augment import EncoderWaveAugmenter, FrameAugmenter
 from mer.training.loop import init_from_checkpoint, split_lr_overrides
 
 ENCODERS_DIR = "encoders"
 ENCODERS_JSON = "encoders.json"
+
+
+# train.augment keys of the waveform (mixup included): the frame track's, applied by the end-to-end track too
+WAVE_AUGMENT_KEYS = ("crop_s", "speed_factors", "shift_s", "gain_db", "noise_snr_db", "mixup_alpha")
 
 
 def check_config(cfg: ExperimentConfig) -> None:
@@ -86,6 +91,16 @@ def check_config(cfg: ExperimentConfig) -> None:
     if cfg.model.hf.conv_cache_mb < 0:
         raise UserError(f"config key 'model.hf.conv_cache_mb': expected >= 0 MiB (0 = off), got "
                         f"{cfg.model.hf.conv_cache_mb}")
+    aug = cfg.train.augment
+    wave_keys = [k for k in WAVE_AUGMENT_KEYS if getattr(aug, k) not in (None, 0, [])]
+    if wave_keys and cfg.model.mode == "T":
+        raise UserError(f"config key 'train.augment.{wave_keys[0]}': augments the audio; mode T has none")
+    if aug.mixup_alpha is not None and cfg.model.mode != "A":
+        raise UserError("config key 'train.augment.mixup_alpha': mixes waveforms and labels, not texts; use it in "
+                        f"mode A (this config has mode {cfg.model.mode})")
+    if cfg.model.hf.conv_cache_mb and wave_keys:
+        raise UserError(f"config keys 'model.hf.conv_cache_mb' and 'train.augment.{wave_keys[0]}': augmented clips "
+                        "change every epoch, so their conv features cannot be kept; set model.hf.conv_cache_mb to 0")
     if cfg.model.hf.conv_cache_mb and cfg.data.shards:
         raise UserError("config keys 'model.hf.conv_cache_mb' and 'data.shards': the cache keeps clips by dataset row, "
                         "which a stream of shards does not have; set model.hf.conv_cache_mb to 0 with data.shards")
@@ -117,6 +132,18 @@ def enable_conv_cache(model: nn.Module, cfg: ExperimentConfig, sampling_rate: in
     max_s = cfg.data.max_audio_s
     max_samples = None if max_s is None else int(max_s * sampling_rate) - sampling_rate // 1000
     return model.enable_conv_cache(cfg.model.hf.conv_cache_mb, max_samples)
+
+
+def make_augmenter(cfg: ExperimentConfig, encoders: HFEncoders, model: nn.Module) -> EncoderWaveAugmenter | None:
+    """The training batches' waveform augmentation and mixup (`train.augment`, the frame track's keys), applied to
+    the collated clips and followed by the collator's padding and normalisation (`EncoderWaveAugmenter`)."""
+    inner = FrameAugmenter.from_config(cfg.train.augment, encoders.sampling_rate)
+    if inner is None:
+        return None
+    inner.install(model)  # SpecAugment: a one-line error (hf_at has no log-mel)
+    fe = encoders.feature_extractor
+    return EncoderWaveAugmenter(inner, encoders.min_audio_samples, bool(getattr(fe, "do_normalize", False)),
+                                float(getattr(fe, "padding_value", 0.0) or 0.0))
 
 
 def make_collator(cfg: ExperimentConfig, encoders: HFEncoders) -> HFCollator:
@@ -219,6 +246,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     labels = train_set.labels
     model = build_model(cfg.model, len(labels), encoders=encoders)
     conv_cache = enable_conv_cache(model, cfg, encoders.sampling_rate)
+    augmenter = make_augmenter(cfg, encoders, model)
     if cfg.train.init_from and not resume:
         loaded_n, skipped = init_from_checkpoint(model, cfg.train.init_from)
         print(f"init_from {cfg.train.init_from}: {loaded_n} tensors loaded, {skipped} kept fresh")
@@ -247,6 +275,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         if ds.skipped:
             print(f"view {ds.view_name}: skipped rows without input in mode {cfg.model.mode}: {ds.skipped}")
     print(padding_line(train_set, cfg.data.batch_size, cfg.data.bucket_batches, cfg.run.seed))
+    if augmenter is not None:
+        print(f"augment     {augmenter.describe()}")
     stream = make_stream(cfg, train_set, distributed.world())
     if stream is not None:
         print(stream_line(stream))
@@ -264,7 +294,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
             model, train_set, val_set, cfg, run_dir=run_dir, device=device, precision=precision,
             collate_fn=collator, checkpoint_extra=extra, resume=resume,
             batch_sampler_fn=bucketed_batch_sampler_fn(cfg.data.bucket_batches), eval_batch_sampler_fn=sorted_batches,
-            train_stream=stream)
+            train_stream=stream, augment_fn=augmenter)
         if conv_cache is not None:
             print(conv_cache.summary())
     if todo and distributed.is_main():  # under torchrun: rank 0 calibrates and evaluates

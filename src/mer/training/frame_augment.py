@@ -166,3 +166,39 @@ class FrameAugmenter:
         if a.mixup_alpha is not None:
             parts.append(f"mixup alpha={a.mixup_alpha:g} p={a.mixup_p:g}")
         return ", ".join(parts) or "none"
+
+
+class EncoderWaveAugmenter:
+    """The end-to-end track's `augment_fn` (`hf_at`): `FrameAugmenter`'s waveform augmentation and mixup on the
+    collated `input_values`, then what `HFCollator` does to raw clips, so that the encoder sees what it would see
+    had the clips been augmented before the feature extractor: a clip shorter than the encoder's receptive field
+    (`min_samples`) zero-padded up to it, and, when the extractor normalises (`do_normalize`), each clip normalised
+    again over its own samples ((x - mean) / sqrt(var + 1e-7), the extractor's expression; a gain alone then changes
+    nothing, as with the extractor). Draws come from the loop's generator only (exact resume holds)."""
+
+    def __init__(self, inner: FrameAugmenter, min_samples: int = 0, normalize: bool = True,
+                 padding_value: float = 0.0) -> None:
+        self.inner, self.min_samples = inner, int(min_samples)
+        self.normalize, self.padding_value = bool(normalize), float(padding_value)
+
+    def describe(self) -> str:
+        return self.inner.describe() + (", each clip normalised again" if self.normalize else "")
+
+    def __call__(self, batch: dict, gen: torch.Generator) -> dict:
+        out = self.inner(batch, gen)
+        if out is batch or "input_values" not in out:
+            return out
+        wave = out["input_values"]
+        lengths = out["audio_attention_mask"].to(torch.long).sum(-1).clamp_min(self.min_samples)
+        if wave.shape[1] < int(lengths.max()):
+            wave = nn.functional.pad(wave, (0, int(lengths.max()) - wave.shape[1]))
+        mask = lengths_to_mask(lengths, wave.shape[1])
+        x = torch.where(mask, wave.float(), torch.zeros((), device=wave.device))
+        if self.normalize:
+            n = lengths.clamp_min(1).to(torch.float32).unsqueeze(1)
+            mean = x.sum(1, keepdim=True) / n
+            var = torch.where(mask, x - mean, torch.zeros((), device=wave.device)).square().sum(1, keepdim=True) / n
+            x = (x - mean) / torch.sqrt(var + 1e-7)
+        out["input_values"] = torch.where(mask, x, torch.full((), self.padding_value, device=wave.device)).to(wave.dtype)
+        out["audio_attention_mask"] = mask.to(torch.long)
+        return out
