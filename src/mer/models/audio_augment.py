@@ -154,6 +154,9 @@ def speed_perturb(
         torch.zeros_like(lengths),
     )
     width = int(new_len.max()) if b else 0
+    if factor_range is None:
+        out = _resample_groups(wave, lengths, pick.to(wave.device), choices, new_len, width)
+        return _zero_past(out, new_len), new_len, f.to(torch.float32)
     # float32 positions: exact for integers below 2^24 samples (17 min at 16 kHz); fractions within ~1e-2
     pos = torch.arange(width, device=wave.device, dtype=torch.float32).unsqueeze(0) * f.float().unsqueeze(1)
     last = (lengths - 1).clamp_min(0).unsqueeze(1)
@@ -164,6 +167,36 @@ def speed_perturb(
     x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
     out = (torch.gather(x, 1, i0) * (1 - frac) + torch.gather(x, 1, i1) * frac).to(wave.dtype)
     return _zero_past(out, new_len), new_len, f.to(torch.float32)
+
+
+def _resample_groups(wave: Tensor, lengths: Tensor, pick: Tensor, choices: Tensor, new_len: Tensor,
+                     width: int) -> Tensor:
+    """`speed_perturb` for a few discrete factors: the rows that share a factor share its sample positions
+    (i * f, float32 as in the general case), so each group is resampled with two 1-D `index_select`s and one lerp
+    instead of per-row index tensors; factor 1 rows are copied. Each row's last sample is repeated after it, which
+    gives the positions between its last sample and its end the value the general case clamps them to."""
+    b, t = wave.shape
+    x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
+    x = torch.nn.functional.pad(x, (0, 1))
+    has = torch.nonzero(lengths > 0, as_tuple=True)[0]
+    x[has, lengths[has]] = x[has, lengths[has] - 1]
+    out = torch.zeros((b, width), dtype=x.dtype, device=x.device)
+    for k in torch.unique(pick).tolist():
+        rows = torch.nonzero(pick == k, as_tuple=True)[0]
+        w = int(new_len[rows].max())
+        if w == 0:
+            continue
+        factor = float(choices[k])
+        if factor == 1.0:
+            out[rows, :w] = x[rows, :w]
+            continue
+        pos = torch.arange(w, device=x.device, dtype=torch.float32) * torch.tensor(factor, dtype=torch.float32)
+        i0 = pos.floor().to(torch.long).clamp_max(t)
+        i1 = (i0 + 1).clamp_max(t)
+        frac = (pos - i0.to(torch.float32)).to(x.dtype)
+        xs = x.index_select(0, rows)
+        out[rows, :w] = torch.lerp(xs.index_select(1, i0), xs.index_select(1, i1), frac)
+    return out.to(wave.dtype)
 
 
 def random_gain(
