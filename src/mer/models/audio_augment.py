@@ -246,26 +246,28 @@ def add_noise(
     b, t = wave.shape
     snr = uniform((b,), lo, hi, gen, wave.device)
     apply = _coin(b, p, gen, wave.device)
-    if noises is None:  # drawn only for the clips that get noise
-        _check_gen(gen)
-        rows = torch.nonzero(apply.to(_device(gen)), as_tuple=True)[0]
-        noise = torch.zeros((b, t), dtype=torch.float32, device=wave.device)
-        if rows.numel():
-            noise[rows.to(wave.device)] = torch.randn((rows.numel(), t), generator=gen,
-                                                      device=_device(gen)).to(wave.device)
-    else:
-        noise = _noise_windows(noises, lengths, t, gen, wave.device)
     mask = lengths_to_mask(lengths, t)
     zero = torch.zeros((), dtype=torch.float32, device=wave.device)
     x = torch.where(mask, wave.float(), zero)
-    noise = torch.where(mask, noise.float(), zero)
-    count = lengths.clamp_min(1).to(torch.float64)
-    p_signal = x.square().sum(1, dtype=torch.float64) / count  # float64 sums: the SNR is exact to ~1e-6 dB
+    rows = torch.nonzero(apply, as_tuple=True)[0]  # the clips that get noise: the only ones worked on below
+    if noises is None:  # drawn only for the clips that get noise
+        _check_gen(gen)
+        drawn = int(rows.numel())
+        noise = (torch.randn((drawn, t), generator=gen, device=_device(gen)).to(wave.device) if drawn else None)
+    else:  # a window for every clip (the draws do not depend on the coins), kept for those that get noise
+        noise = _noise_windows(noises, lengths, t, gen, wave.device)[rows]
+    if not rows.numel():
+        return x.to(wave.dtype)
+    xr = x[rows]
+    noise = torch.where(mask[rows], noise.float(), zero)
+    count = lengths[rows].clamp_min(1).to(torch.float64)
+    p_signal = xr.square().sum(1, dtype=torch.float64) / count  # float64 sums: the SNR is exact to ~1e-6 dB
     p_noise = noise.square().sum(1, dtype=torch.float64) / count
-    ok = apply & (p_signal > 0) & (p_noise > 0)
-    scale = torch.sqrt(p_signal / (p_noise.clamp_min(1e-30) * torch.pow(10.0, snr / 10.0)))
+    ok = (p_signal > 0) & (p_noise > 0)
+    scale = torch.sqrt(p_signal / (p_noise.clamp_min(1e-30) * torch.pow(10.0, snr[rows] / 10.0)))
     scale = torch.where(ok, scale, torch.zeros_like(scale)).to(torch.float32)
-    return (x + scale.unsqueeze(1) * noise).to(wave.dtype)
+    x[rows] = xr + scale.unsqueeze(1) * noise
+    return x.to(wave.dtype)
 
 
 # -- log-mel -------------------------------------------------------------------------------------------------
