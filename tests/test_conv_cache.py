@@ -133,3 +133,32 @@ def test_a_config_that_cannot_use_the_cache_is_one_line(tmp_path, wavlm, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_with_the_cache_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, wavlm, monkeypatch):
+    """The resumed run starts with an empty cache and refills it: the same curve (to float rounding)."""
+    from mer.training.loop import Trainer
+
+    manifest = make_tone_manifest(tmp_path / "data", per_split={"train": 4, "val": 2, "test": 2}, max_s=1.6)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "killed").mkdir()
+    full_cfg = _config(tmp_path / "full", manifest, wavlm, "toy", conv_cache_mb=64)
+    killed_cfg = _config(tmp_path / "killed", manifest, wavlm, "toy", conv_cache_mb=64)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_cli(train_cli.main, ["--config", str(full_cfg)]) == 0
+        real_epoch = Trainer._train_epoch
+
+        def killed_in_epoch_3(self, epoch):
+            if epoch == 3:
+                raise KeyboardInterrupt
+            return real_epoch(self, epoch)
+
+        monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_3)
+        assert run_cli(train_cli.main, ["--config", str(killed_cfg)]) == 130
+        monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
+        assert run_cli(train_cli.main, ["--config", str(killed_cfg), "--resume"]) == 0
+    full = _read(tmp_path / "full" / "runs" / "toy" / "metrics_train.csv")
+    resumed = _read(tmp_path / "killed" / "runs" / "toy" / "metrics_train.csv")
+    for a, b in zip(full, resumed, strict=True):
+        for key in a:
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-5), key

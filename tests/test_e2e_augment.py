@@ -108,3 +108,29 @@ def test_augmentation_that_cannot_apply_is_one_line(tmp_path, env, capsys, mode,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_augmented_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, env, monkeypatch):
+    from mer.training.loop import Trainer
+
+    aug = {"speed_factors": [0.9, 1.0, 1.1], "noise_snr_db": [10.0, 30.0], "noise_p": 0.5, "mixup_alpha": 0.4}
+    (tmp_path / "full").mkdir()
+    (tmp_path / "killed").mkdir()
+    full_cfg = _config(tmp_path / "full", env, "toy", **aug)
+    killed_cfg = _config(tmp_path / "killed", env, "toy", **aug)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_cli(train_cli.main, ["--config", str(full_cfg)]) == 0
+        real_epoch = Trainer._train_epoch
+
+        def killed_in_epoch_2(self, epoch):
+            if epoch == 2:
+                raise KeyboardInterrupt  # dies during epoch 2, after epoch 1's checkpoint
+            return real_epoch(self, epoch)
+
+        monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
+        assert run_cli(train_cli.main, ["--config", str(killed_cfg)]) == 130
+        monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
+        assert run_cli(train_cli.main, ["--config", str(killed_cfg), "--resume"]) == 0
+    full, resumed = tmp_path / "full" / "runs" / "toy", tmp_path / "killed" / "runs" / "toy"
+    assert (full / "metrics_val.csv").read_text() == (resumed / "metrics_val.csv").read_text()
+    assert _losses(full) == _losses(resumed)
