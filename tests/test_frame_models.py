@@ -101,6 +101,33 @@ def test_masked_batchnorm_statistics_over_real_frames():
     )
 
 
+def test_masked_batchnorm_gradients_are_those_of_batchnorm_over_the_real_frames():
+    torch.manual_seed(1)
+    mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4, [True] * 9])
+    for full in (False, True):  # padding (the masked statistics) and none (torch's fused BatchNorm)
+        m = torch.ones_like(mask) if full else mask
+        x = (torch.randn(3, 4, 6, 9) * 2 + 1).requires_grad_()
+        w = torch.randn(3, 4, 6, 9)
+        bn = MaskedBatchNorm(4)
+        nn.init.normal_(bn.weight)
+        nn.init.normal_(bn.bias)
+        out = bn(x, m)
+        (out * w)[..., :5].sum().backward()  # the frames every clip has, plus clip 0 and 2's own below
+        gx, gw, gb = x.grad.clone(), bn.weight.grad.clone(), bn.bias.grad.clone()
+        ref = nn.BatchNorm2d(4)
+        ref.load_state_dict({k: v for k, v in bn.state_dict().items() if k in ref.state_dict()} | {
+            "running_mean": torch.zeros(4), "running_var": torch.ones(4), "num_batches_tracked": torch.tensor(0)})
+        x2 = x.detach().clone().requires_grad_()
+        real = torch.cat([x2[i, :, :, : int(m[i].sum())] for i in range(3)], dim=-1).unsqueeze(0)  # [1, C, F, 23]
+        out2 = ref(real)[0]
+        w2 = torch.cat([w[i, :, :, : int(m[i].sum())] for i in range(3)], dim=-1)
+        keep = torch.cat([torch.arange(int(m[i].sum())) < 5 for i in range(3)])
+        (out2 * w2)[..., keep].sum().backward()
+        torch.testing.assert_close(gx * m.view(3, 1, 1, 9), x2.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(gw, ref.weight.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(gb, ref.bias.grad, atol=1e-5, rtol=1e-4)
+
+
 # -- models --------------------------------------------------------------------------------------------------
 def test_shapes_and_padding_never_changes_a_clip_in_eval():
     batch = batch_of([16000, 7000, 3300, 1700], pad_value=float("nan"))

@@ -86,18 +86,21 @@ class MaskedBatchNorm(nn.BatchNorm1d):
                 return super().forward(x)
             shape = x.shape
             return super().forward(x.reshape(shape[0], shape[1], -1)).reshape(shape)
-        m = mask.view(mask.shape[0], *([1] * (x.ndim - 2)), mask.shape[1]).to(x.dtype)
-        m = m.expand(x.shape[0], 1, *x.shape[2:])
+        if x.numel() > x.shape[1] and bool(mask.all()):  # no padding: torch's fused BatchNorm, the same statistics
+            return self.forward(x, None)
+        # the padding zeroed once, then plain sums over all positions divided by the real count; the variance
+        # around the mean (two passes), less the padded positions' share (each holds -mean once centred); the
+        # affine as one fused multiply-add. Statistics and output in float32, as torch's BatchNorm under autocast.
         dims = [0, *range(2, x.ndim)]
-        count = m.sum(dims)  # one value: the real positions per channel
-        xz = torch.where(m.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
-        mean = xz.sum(dims) / count.clamp_min(1)
-        centred = torch.where(
-            m.bool(),
-            x - mean.view(1, -1, *([1] * (x.ndim - 2))),
-            torch.zeros((), dtype=x.dtype, device=x.device),
-        )
-        var = centred.square().sum(dims) / count.clamp_min(1)
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        per = x[0, 0].numel() // x.shape[-1]  # positions per channel and frame (the F of [B, C, F, T])
+        total = x.shape[0] * x.shape[-1] * per
+        count = mask.sum() * per  # real positions per channel
+        n_real = count.clamp_min(1).to(torch.float32)
+        x = zero_padding(x.float(), mask)
+        mean = x.sum(dims) / n_real
+        centred = x - mean.view(shape)
+        var = ((centred.square().sum(dims) - (total - count).to(torch.float32) * mean.square()) / n_real).clamp_min(0)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -105,11 +108,10 @@ class MaskedBatchNorm(nn.BatchNorm1d):
                 n = count.clamp_min(2)
                 self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
                 self.running_var.mul_(1 - factor).add_(factor * (var.detach() * n / (n - 1)))
-        shape = (1, -1, *([1] * (x.ndim - 2)))
-        out = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:
+            return centred * scale.view(shape)
+        return torch.addcmul(self.bias.view(shape), centred, (scale * self.weight).view(shape))
 
 
 def make_frontend(frontend: LogMelFrontend | dict | None, **defaults) -> LogMelFrontend:
