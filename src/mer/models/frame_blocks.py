@@ -86,7 +86,8 @@ class MaskedBatchNorm(nn.BatchNorm1d):
                 return super().forward(x)
             shape = x.shape
             return super().forward(x.reshape(shape[0], shape[1], -1)).reshape(shape)
-        if x.numel() > x.shape[1] and bool(mask.all()):  # no padding: torch's fused BatchNorm, the same statistics
+        # no padding: torch's fused BatchNorm, the same statistics (on the CPU: on a GPU, asking would wait for it)
+        if x.device.type == "cpu" and x.numel() > x.shape[1] and bool(mask.all()):
             return self.forward(x, None)
         # the padding zeroed once, then plain sums over all positions divided by the real count; the variance
         # around the mean (two passes), less the padded positions' share (each holds -mean once centred); the
