@@ -14,6 +14,7 @@ import torch
 import yaml
 from helpers_hf import make_tiny_wavlm
 from helpers_manifest import make_tone_manifest
+from helpers_resume import killed_then_resumed
 
 from mer.cli import train_hf as train_cli
 from mer.errors import run_cli
@@ -137,8 +138,6 @@ def test_a_config_that_cannot_use_the_cache_is_one_line(tmp_path, wavlm, capsys,
 
 def test_a_run_with_the_cache_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, wavlm, monkeypatch):
     """The resumed run starts with an empty cache and refills it: the same curve (to float rounding)."""
-    from mer.training.loop import Trainer
-
     manifest = make_tone_manifest(tmp_path / "data", per_split={"train": 4, "val": 2, "test": 2}, max_s=1.6)
     (tmp_path / "full").mkdir()
     (tmp_path / "killed").mkdir()
@@ -146,17 +145,7 @@ def test_a_run_with_the_cache_killed_and_resumed_ends_as_an_uninterrupted_one(tm
     killed_cfg = _config(tmp_path / "killed", manifest, wavlm, "toy", conv_cache_mb=64)
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_cli(train_cli.main, ["--config", str(full_cfg)]) == 0
-        real_epoch = Trainer._train_epoch
-
-        def killed_in_epoch_3(self, epoch):
-            if epoch == 3:
-                raise KeyboardInterrupt
-            return real_epoch(self, epoch)
-
-        monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_3)
-        assert run_cli(train_cli.main, ["--config", str(killed_cfg)]) == 130
-        monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
-        assert run_cli(train_cli.main, ["--config", str(killed_cfg), "--resume"]) == 0
+        killed_then_resumed(train_cli.main, killed_cfg, 3, monkeypatch)
     full = _read(tmp_path / "full" / "runs" / "toy" / "metrics_train.csv")
     resumed = _read(tmp_path / "killed" / "runs" / "toy" / "metrics_train.csv")
     for a, b in zip(full, resumed, strict=True):

@@ -14,6 +14,7 @@ import torch
 import yaml
 from helpers_hf import make_tiny_roberta, make_tiny_wavlm
 from helpers_manifest import make_tone_manifest
+from helpers_resume import killed_then_resumed
 
 from mer.cli import train_hf as train_cli
 from mer.errors import run_cli
@@ -111,8 +112,6 @@ def test_augmentation_that_cannot_apply_is_one_line(tmp_path, env, capsys, mode,
 
 
 def test_an_augmented_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path, env, monkeypatch):
-    from mer.training.loop import Trainer
-
     aug = {"speed_factors": [0.9, 1.0, 1.1], "noise_snr_db": [10.0, 30.0], "noise_p": 0.5, "mixup_alpha": 0.4}
     (tmp_path / "full").mkdir()
     (tmp_path / "killed").mkdir()
@@ -120,17 +119,7 @@ def test_an_augmented_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_pa
     killed_cfg = _config(tmp_path / "killed", env, "toy", **aug)
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_cli(train_cli.main, ["--config", str(full_cfg)]) == 0
-        real_epoch = Trainer._train_epoch
-
-        def killed_in_epoch_2(self, epoch):
-            if epoch == 2:
-                raise KeyboardInterrupt  # dies during epoch 2, after epoch 1's checkpoint
-            return real_epoch(self, epoch)
-
-        monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
-        assert run_cli(train_cli.main, ["--config", str(killed_cfg)]) == 130
-        monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
-        assert run_cli(train_cli.main, ["--config", str(killed_cfg), "--resume"]) == 0
+        killed_then_resumed(train_cli.main, killed_cfg, 2, monkeypatch)
     full, resumed = tmp_path / "full" / "runs" / "toy", tmp_path / "killed" / "runs" / "toy"
     assert (full / "metrics_val.csv").read_text() == (resumed / "metrics_val.csv").read_text()
     assert _losses(full) == _losses(resumed)

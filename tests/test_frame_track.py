@@ -18,6 +18,7 @@ import torch
 import yaml
 from helpers_hf import make_tiny_wavlm
 from helpers_manifest import make_tone_manifest
+from helpers_resume import killed_then_resumed
 
 from mer.cli import cv as cv_cli
 from mer.cli import evaluate_frame as evaluate_cli
@@ -109,17 +110,7 @@ def test_resume_after_a_kill_with_every_augmentation_matches_an_uninterrupted_ru
     full_cfg = write_config(tmp_path / "full" / "c.yaml", env["manifest"], **sections)
     assert run_cli(train_cli.main, ["--config", str(full_cfg)]) == 0
     killed_cfg = write_config(tmp_path / "killed" / "c.yaml", env["manifest"], **sections)
-    real_epoch = Trainer._train_epoch
-
-    def killed_in_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt  # the process dies in epoch 2, after epoch 1's checkpoint
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
-    assert run_cli(train_cli.main, ["--config", str(killed_cfg)]) == 130
-    monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
-    assert run_cli(train_cli.main, ["--config", str(killed_cfg), "--resume"]) == 0
+    killed_then_resumed(train_cli.main, killed_cfg, 2, monkeypatch)
     full, resumed = tmp_path / "full" / "runs" / "toy", tmp_path / "killed" / "runs" / "toy"
     assert (full / "metrics_val.csv").read_text() == (resumed / "metrics_val.csv").read_text()
     drop = [{k: v for k, v in r.items() if k != "time_s"} for r in read_csv(full / "metrics_train.csv")]
