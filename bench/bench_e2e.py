@@ -104,7 +104,7 @@ def experiment(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int
 
 def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, epochs: int, out: Path,
              wave_cache: bool = True, num_workers: int = 0, compile: bool = False, device: str = "cpu",
-             amp: str = "off", conv_cache_mb: float = 0.0) -> dict:
+             amp: str = "off", conv_cache_mb: float = 0.0, profile: bool = False) -> dict:
     cfg = experiment(manifest, wavlm, batch_size, bucket_batches, wave_cache, num_workers, compile, amp,
                      conv_cache_mb)
     dev = torch.device(device)
@@ -130,11 +130,17 @@ def run_ours(manifest: Path, wavlm: Path, batch_size: int, bucket_batches: int, 
     trainer._train_epoch(1)  # warm-up (it fills the conv cache, when on)
     sync(dev)
     warmup_s = time.perf_counter() - t0
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                  + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else []))
     t0, c0 = time.perf_counter(), time.process_time()
-    for epoch in range(2, epochs + 2):
-        trainer._train_epoch(epoch)
-    sync(dev)
+    with prof if profile else contextlib.nullcontext():
+        for epoch in range(2, epochs + 2):
+            trainer._train_epoch(epoch)
+        sync(dev)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if profile:  # where a step's time goes (the profiler slows it: the figures of this round are not reported)
+        sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60), file=sys.stderr)
     n = epochs * len(train_set)
     return {"samples_per_s": n / seconds, "samples_per_cpu_s": n / cpu, "padding_fraction": pad,
             "steps": epochs * trainer.steps_per_epoch, "seconds": seconds, "dataset_open_s": open_s,
@@ -202,7 +208,7 @@ def reference_padding(lengths: list[int], batch_size: int, draws: int = 20) -> f
 
 
 def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: int, out: Path,
-                          num_workers: int = 0, device: str = "cpu", amp: str = "off") -> dict:
+                          num_workers: int = 0, device: str = "cpu", amp: str = "off", compile: bool = False) -> dict:
     from transformers import Trainer as HFTrainer
     from transformers import TrainerCallback, TrainingArguments
 
@@ -225,7 +231,9 @@ def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: 
                              save_strategy="no", logging_strategy="no", report_to=[], use_cpu=device == "cpu",
                              bf16=amp == "bf16", dataloader_num_workers=num_workers,
                              dataloader_pin_memory=device != "cpu", disable_tqdm=True,
-                             seed=0, remove_unused_columns=False, train_sampling_strategy="group_by_length")
+                             seed=0, remove_unused_columns=False, train_sampling_strategy="group_by_length",
+                             # at its fastest: no per-step check of the loss (a GPU sync), optional torch.compile
+                             logging_nan_inf_filter=False, torch_compile=compile)
     # processing_class: the LengthGroupedSampler reads the lengths of its model_input_names[0] ("input_values")
     trainer = HFTrainer(model=model, args=args, train_dataset=data, data_collator=PadCollator(fe),
                         processing_class=fe, callbacks=[Clock()])
@@ -238,6 +246,7 @@ def run_reference_trainer(manifest: Path, wavlm: Path, batch_size: int, epochs: 
             "settings": {"train_sampling_strategy": args.train_sampling_strategy,
                          "processing_class": type(fe).__name__, "optim": str(getattr(args.optim, "value", args.optim)),
                          "num_workers": num_workers, "pin_memory": device != "cpu", "bf16": amp == "bf16",
+                         "logging_nan_inf_filter": args.logging_nan_inf_filter, "torch_compile": args.torch_compile,
                          "decoding": "every read"}}
 
 
@@ -297,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     p.add_argument("--amp", default="off", choices=["off", "bf16"], help="bf16 autocast, both sides (train.amp / "
                    "TrainingArguments.bf16)")
+    p.add_argument("--ref-compile", action="store_true", help="reference: TrainingArguments(torch_compile=True)")
+    p.add_argument("--skip-random", action="store_true", help="ours: do not also time random (unbucketed) batches")
+    p.add_argument("--profile", action="store_true", help="ours: one extra bucketed run under torch.profiler; its "
+                   "operator table goes to stderr")
     p.add_argument("--encoder", default="tiny", choices=["tiny", "base"],
                    help="random WavLM: tiny (hidden 32, 2 layers) or base (wavlm-base-plus's size)")
     args = p.parse_args(argv)
@@ -315,14 +328,20 @@ def main(argv: list[str] | None = None) -> int:
                 runs["ours_bucketed"].append(run_ours(manifest, wavlm, args.batch_size, 16, args.epochs,
                                                       root / f"ours_b{r}", cache, args.workers, args.compile,
                                                       args.device, args.amp, args.conv_cache_mb))
-                runs["ours_random"].append(run_ours(manifest, wavlm, args.batch_size, 1, args.epochs,
-                                                    root / f"ours_r{r}", cache, args.workers, args.compile,
-                                                    args.device, args.amp, args.conv_cache_mb))
+                if not args.skip_random:
+                    runs["ours_random"].append(run_ours(manifest, wavlm, args.batch_size, 1, args.epochs,
+                                                        root / f"ours_r{r}", cache, args.workers, args.compile,
+                                                        args.device, args.amp, args.conv_cache_mb))
                 runs["reference"].append(run_reference_trainer(manifest, wavlm, args.batch_size, args.epochs,
                                                                root / f"ref{r}", args.workers, args.device,
-                                                               args.amp) if have_trainer else
+                                                               args.amp, args.ref_compile) if have_trainer else
                                          run_reference_loop(manifest, wavlm, args.batch_size, args.epochs,
                                                             args.workers))
+        if args.profile:
+            with contextlib.redirect_stdout(io.StringIO()):
+                run_ours(manifest, wavlm, args.batch_size, 16, args.epochs, root / "ours_prof", cache, args.workers,
+                         args.compile, args.device, args.amp, args.conv_cache_mb, profile=True)
+    runs = {k: v for k, v in runs.items() if v}
     med = {k: statistics.median(x["samples_per_s"] for x in v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(x["samples_per_cpu_s"] for x in v) for k, v in runs.items()}
     pad = {k: round(v[0]["padding_fraction"], 4) for k, v in runs.items()}
@@ -342,14 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         "wave_cache_build_s": round(runs["ours_bucketed"][0]["dataset_open_s"], 3) if cache else None,
         "reference": runs["reference"][0]["kind"],
         "speedup_vs_reference": round(med["ours_bucketed"] / med["reference"], 3),
-        "speedup_bucketing": round(med["ours_bucketed"] / med["ours_random"], 3),
+        "speedup_bucketing": round(med["ours_bucketed"] / med["ours_random"], 3) if "ours_random" in med else None,
         "speedup_vs_reference_cpu_time": round(med_cpu["ours_bucketed"] / med_cpu["reference"], 3),
     }
     print(json.dumps(result))
     ours, ref = result["settings"]["ours"], result["settings"]["reference"]
     print(f"hf_at training (audio, {args.encoder} WavLM, {args.device}, {result['dtype']}, batch {args.batch_size}, "
           f"{args.threads} threads, {args.workers} workers): {med['ours_bucketed']:.1f} samples/s bucketed ({pad['ours_bucketed']:.1%} padding), "
-          f"{med['ours_random']:.1f} random batches ({pad['ours_random']:.1%}) [wave cache "
+          + (f"{med['ours_random']:.1f} random batches ({pad['ours_random']:.1%}) " if "ours_random" in med else "")
+          + f"[wave cache "
           f"{'on' if cache else 'off'}, conv cache {args.conv_cache_mb:g} MiB, {ours['optimizer']}, compile "
           f"{'on' if args.compile else 'off'}]; reference "
           f"{med['reference']:.1f} ({pad['reference']:.1%} padding) [{ref.get('train_sampling_strategy', 'grouped')}, "

@@ -86,10 +86,26 @@ def test_end_to_end_batches_follow_the_contract(env, mode):
 
 
 def test_frame_batches_follow_the_contract(env):
-    ds = ManifestDataset(env["manifest"], ViewConfig(split="train"), TaskConfig(labels=LABELS), mode="A")
-    ds.targets = Targets(ds.meta, [], {}, True, require=False)
-    items = [ds[i] for i in range(5)]
+    items = _frame_items(env, 5)
     batch = WaveCollator(min_samples=400)(items)
     check(batch, 5, WaveBatch)
     lengths = batch["audio_attention_mask"].sum(1).numpy()
     assert np.array_equal(lengths, [max(400, len(it["audio"])) for it in items])  # right padding, real samples
+
+
+def test_moving_a_batch_to_the_device_leaves_the_host_side_keys_on_the_cpu(env):
+    """The loop moves a batch's tensors to the model's device, except `index` (`HOST_KEYS`): the evaluator and the
+    conv feature cache read it without waiting for the device."""
+    from mer.training.loop import HOST_KEYS, move_to_device
+
+    batch = WaveCollator(min_samples=400)(_frame_items(env, 3))
+    moved = move_to_device(batch, torch.device("meta"))
+    assert "index" in HOST_KEYS and moved["index"].device.type == "cpu"
+    assert all(v.device.type == "meta" for k, v in moved.items() if isinstance(v, torch.Tensor) and k != "index")
+    assert torch.equal(moved["index"], batch["index"])
+
+
+def _frame_items(env, n: int) -> list[dict]:
+    ds = ManifestDataset(env["manifest"], ViewConfig(split="train"), TaskConfig(labels=LABELS), mode="A")
+    ds.targets = Targets(ds.meta, [], {}, True, require=False)
+    return [ds[i] for i in range(n)]

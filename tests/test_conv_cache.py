@@ -18,6 +18,7 @@ from helpers_resume import killed_then_resumed
 
 from mer.cli import train_hf as train_cli
 from mer.errors import run_cli
+from mer.features.hf_encoders import frame_mask_from_waveform_mask
 from mer.models.conv_features import ConvFeatureCache
 from mer.training.checkpoint import load_checkpoint
 
@@ -67,6 +68,38 @@ def test_cached_features_are_each_clips_own_and_cropped_clips_are_not_kept(wavlm
     torch.testing.assert_close(second[:4, :, : first.shape[-1]], first[order], atol=1e-5, rtol=1e-5)
     assert (cache.hits, cache.misses) == (3, 6) and sorted(cache.rows) == [10, 11, 12, 20]
     assert "4 clips" in cache.summary() and "3 clip reads from it, 6 computed" in cache.summary()
+
+
+def test_a_batch_of_cached_clips_never_reads_the_device(wavlm):
+    """Once every clip of a batch is cached, its features come from the host-side `index` alone: the waveform and
+    its mask are not read (here they are on the meta device, where any read fails), so on a GPU the step never
+    waits for the device before the encoder runs."""
+    enc = _encoder(wavlm)
+    lengths = [4000, 9000, 2500]
+    wave, mask = _batch(lengths)
+    cache = ConvFeatureCache(max_bytes=2**20)
+    first = cache.features(enc, wave, mask, torch.tensor([3, 4, 5]))
+    again = cache.features(enc, wave.to("meta"), mask.to("meta"), torch.tensor([5, 3]))
+    frames = frame_mask_from_waveform_mask(enc, mask).sum(-1).tolist()  # clips 3, 4, 5
+    assert again.shape == (2, first.shape[1], frames[0])  # as wide as the longer clip of the two (3)
+    torch.testing.assert_close(again[0, :, : frames[2]], first[2, :, : frames[2]], atol=0, rtol=0)
+    assert not again[0, :, frames[2]:].any()
+    torch.testing.assert_close(again[1], first[0, :, : frames[0]], atol=0, rtol=0)
+    assert (cache.hits, cache.misses) == (2, 3)
+
+
+def test_the_cache_runs_eagerly_inside_a_compiled_model(wavlm):
+    """Under `train.compile` the model's forward is compiled; the cache's lookups by row (and its masked GroupNorm
+    patch for the clips it computes) run eagerly inside it and give the same features."""
+    enc = _encoder(wavlm)
+    wave, mask = _batch([4000, 9000, 2500])
+    index = torch.tensor([0, 1, 2])
+    eager = ConvFeatureCache(max_bytes=2**20).features(enc, wave, mask, index)
+    cache = ConvFeatureCache(max_bytes=2**20)
+    compiled = torch.compile(lambda w, m, i: cache.features(enc, w, m, i) * 1.0, backend="eager")
+    torch.testing.assert_close(compiled(wave, mask, index), eager, atol=0, rtol=0)
+    torch.testing.assert_close(compiled(wave, mask, index), eager, atol=0, rtol=0)  # now from the cache
+    assert (cache.hits, cache.misses) == (3, 3)
 
 
 def test_the_byte_cap_holds(wavlm):

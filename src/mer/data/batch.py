@@ -3,7 +3,8 @@
 One name per concept, in items and batches alike:
 
 - ``label`` [B] int64: the task's class index; ``index`` [B] int64: the row's position in its dataset (the
-  evaluator puts predictions back in dataset order with it);
+  evaluator puts predictions back in dataset order with it; it stays on the CPU when the loop moves a batch to a
+  GPU, so reading it never waits for the device: `mer.training.loop.HOST_KEYS`);
 - ``audio_mask`` / ``text_mask`` [B] bool: True where the modality is present in the row and used by the mode
   (a model masks an absent modality out; modality dropout clears these in training);
 - ``audio`` / ``text`` [B, dim] float32: pooled feature vectors (feature-store track);

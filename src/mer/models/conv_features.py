@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from mer.features.hf_encoders import frame_mask_from_waveform_mask
 
@@ -105,30 +106,29 @@ class ConvFeatureCache:
         self.rows[row] = feats.clone()
         self.bytes += size
 
+    @torch.compiler.disable  # dictionary lookups by row, run eagerly under train.compile (the encoder is compiled)
     def features(self, encoder: nn.Module, input_values: Tensor, attention_mask: Tensor, index: Tensor) -> Tensor:
-        lengths = attention_mask.sum(-1).long()
-        frames = frame_mask_from_waveform_mask(encoder, attention_mask).sum(-1).tolist()
-        rows, n_samples = index.tolist(), lengths.tolist()
+        rows = index.tolist()  # on the host (the loop keeps `index` there): no wait for the device
         miss = [i for i, r in enumerate(rows) if r not in self.rows]
-        computed = None
-        if miss:
+        parts: list[Tensor | None] = [self.rows.get(r) for r in rows]
+        if miss:  # the first meeting of these clips (the first epoch): their lengths are read from the mask
+            lengths = attention_mask.sum(-1).long()
+            frames = frame_mask_from_waveform_mask(encoder, attention_mask).sum(-1).tolist()
+            n_samples = lengths.tolist()
             pick = torch.tensor(miss, device=input_values.device)
             sub_lengths = lengths[pick]
-            width = int(sub_lengths.max())
+            width = max(n_samples[i] for i in miss)
             group_norm = getattr(encoder.config, "feat_extract_norm", None) == "group"
-            padded = bool((sub_lengths < width).any())
+            padded = any(n_samples[i] < width for i in miss)
             ctx = masked_conv_norm(encoder, sub_lengths) if group_norm and padded else contextlib.nullcontext()
             with torch.no_grad(), ctx:
                 computed = encoder.feature_extractor(input_values[pick, :width])  # [M, C, t]
-        sample = computed[0] if computed is not None else self.rows[rows[0]]  # [C, t]
-        out = sample.new_zeros((len(rows), sample.shape[0], max(frames) if frames else 0))
-        for j, i in enumerate(miss):
-            out[i, :, : frames[i]] = computed[j, :, : frames[i]]
-            self._keep(rows[i], computed[j, :, : frames[i]], n_samples[i])
-        missed = set(miss)
-        for i, row in enumerate(rows):
-            if i not in missed:
-                out[i, :, : frames[i]] = self.rows[row].to(out.dtype)
+            for j, i in enumerate(miss):
+                parts[i] = computed[j, :, : frames[i]]
+                self._keep(rows[i], parts[i], n_samples[i])
+        dtype = parts[miss[0]].dtype if miss else parts[0].dtype
+        # [B, C, T]: each clip's frames, zeros past them (T: the longest clip's frame count), in one padding op
+        out = pad_sequence([p.to(dtype).transpose(0, 1) for p in parts], batch_first=True).transpose(1, 2)
         self.misses += len(miss)
         self.hits += len(rows) - len(miss)
         return out

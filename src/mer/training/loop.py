@@ -96,8 +96,13 @@ def is_terminal(stream) -> bool:
         return False
 
 
+HOST_KEYS = frozenset({"index"})  # bookkeeping the CPU reads (batch contract): never moved, so reading it never waits
+
+
 def move_to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """The batch's tensors on `device` (asynchronous copies), except the host-side keys (`HOST_KEYS`)."""
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in HOST_KEYS else v)
+            for k, v in batch.items()}
 
 
 def split_lr_overrides(model: nn.Module, overrides: dict[str, float]) -> tuple[dict[str, float], list[str]]:
@@ -383,6 +388,24 @@ class Trainer:
         every = max(1, math.ceil(n_batches / PROGRESS_LINES)) if cfg.progress and not on_tty else 0
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not on_tty)
+        # A step's loss is read (finite check, sums, progress) only after the next step has been launched, and the
+        # predictions stay on the device until the epoch ends: on a GPU the CPU never waits for a step to finish
+        # before queueing the next one. A non-finite loss still stops the run, one step later.
+        pending = None
+
+        def account(loss: torch.Tensor, bs: int, step: int, stepped: bool, lr: float) -> None:
+            nonlocal loss_sum, n_seen
+            self._check_finite(loss, epoch, step)
+            loss_value = loss.item()
+            loss_sum += loss_value * bs
+            n_seen += bs
+            bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
+            if self.tracker is not None:
+                self.tracker.log_batch(loss_value, bs, stepped=stepped, lr=lr)
+            if every and (step % every == 0 or step == n_batches):
+                print(f"epoch {epoch}/{cfg.epochs}  step {step}/{n_batches} ({step / n_batches:.0%})  "
+                      f"loss {loss_sum / max(1, n_seen):.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
+
         for step, batch in enumerate(bar, start=1):
             batch = augment_batch(batch, cfg.augment, self.mode, self.aug_gen)
             batch = move_to_device(batch, self.device)
@@ -395,25 +418,21 @@ class Trainer:
                     out = (self.ddp or self.model)(batch)
                 logits = logits_of(out)
                 loss = self.total_loss(out, batch)
-                self._check_finite(loss, epoch, step)
                 # DDP averages the ranks' gradients: weight each rank's mean loss by its share of the global batch
                 share = counts[step - 1] * self.world.size / totals[step - 1] if self.world.enabled else 1.0
                 self.scaler.scale(loss * share / cfg.grad_accum).backward()
             if sync:
                 self._optimizer_step()
+            lr = self.optimizer.param_groups[0]["lr"]
             bs = counts[step - 1] if self.world.enabled else batch["label"].shape[0]
-            loss_value = loss.item()
-            loss_sum += loss_value * bs
-            n_seen += bs
-            y_true.append(batch["label"].detach().cpu()[:bs])
-            y_pred.append(logits.detach().argmax(-1).cpu()[:bs])
-            bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
-            if self.tracker is not None:
-                self.tracker.log_batch(loss_value, bs, stepped=sync, lr=self.optimizer.param_groups[0]["lr"])
-            if every and (step % every == 0 or step == n_batches):
-                print(f"epoch {epoch}/{cfg.epochs}  step {step}/{n_batches} ({step / n_batches:.0%})  "
-                      f"loss {loss_sum / max(1, n_seen):.4f}  {time.perf_counter() - t0:.1f}s", flush=True)
-        y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
+            y_true.append(batch["label"].detach()[:bs])
+            y_pred.append(logits.detach().argmax(-1)[:bs])
+            if pending is not None:
+                account(*pending)
+            pending = (loss.detach(), bs, step, sync, lr)
+        if pending is not None:
+            account(*pending)
+        y_true, y_pred = torch.cat(y_true).cpu().numpy(), torch.cat(y_pred).cpu().numpy()
         if self.world.enabled:  # the epoch's figures over every rank's samples
             parts = distributed.all_gather((loss_sum, n_seen, y_true, y_pred))
             loss_sum, n_seen = sum(p[0] for p in parts), sum(p[1] for p in parts)
