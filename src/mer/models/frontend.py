@@ -163,8 +163,11 @@ class LogMelFrontend(nn.Module):
         lengths = torch.as_tensor(lengths, device=wave.device).to(torch.long).clamp(0, wave.shape[1])
         with torch.autocast(device_type=wave.device.type, enabled=False):
             x = wave.float()
-            sample_mask = lengths_to_mask(lengths, x.shape[1])
-            x = torch.where(sample_mask, x, torch.zeros((), dtype=x.dtype, device=x.device))  # NaN-safe
+            if self.pad_mode == "constant":  # its right pad is the batch's padding: zeros, whatever was there
+                x = torch.where(lengths_to_mask(lengths, x.shape[1]), x, torch.zeros((), dtype=x.dtype,
+                                                                                      device=x.device))
+            # (reflect: every real frame reads the clip's own samples and its reflections only; frames past the
+            # clip, which may read the batch's padding, NaN included, are zeroed below)
             x = self._centre_pad(x, lengths)
             spec = torch.stft(
                 x,
