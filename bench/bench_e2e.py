@@ -16,7 +16,9 @@ CPU cores leave no spare core for workers) on both sides.
 - reference: `WavLMForSequenceClassification` (AutoModelForAudioClassification) trained by transformers'
   `Trainer` with its own length grouping (`train_sampling_strategy="group_by_length"`: `LengthGroupedSampler`,
   mega-batches of up to 50 batches sorted by length; `processing_class` set to the feature extractor so that it
-  finds the lengths of `input_values`), its default optimizer (fused AdamW on torch >= 2.8), the WAVs read per item
+  finds the lengths of `input_values`), its default optimizer (fused AdamW on torch >= 2.8), its per-step NaN check
+  of the loss off (`logging_nan_inf_filter=False`: on a GPU that check waits for the device every step), optionally
+  `torch_compile` (`--ref-compile`), the WAVs read per item
   and padded by the feature extractor, when `accelerate` is installed (the Trainer needs it); else the same model
   and data in a plain PyTorch loop with length-grouped batches (forward, loss, backward, clipping, AdamW) — the
   work the HF Trainer does per step, without its bookkeeping, so a lower bound on its step time.
@@ -29,7 +31,7 @@ JSON line (with each side's settings) and one human line.
 
     python bench/bench_e2e.py [--clips 96] [--batch-size 8] [--epochs 2] [--repeats 7] [--threads 1]
                               [--device cpu|cuda] [--amp off|bf16] [--encoder tiny|base]
-                              [--workers 0] [--no-cache] [--compile]
+                              [--workers 0] [--no-cache] [--compile] [--ref-compile] [--skip-random] [--profile]
 """
 
 from __future__ import annotations
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-compile", action="store_true", help="reference: TrainingArguments(torch_compile=True)")
     p.add_argument("--skip-random", action="store_true", help="ours: do not also time random (unbucketed) batches")
     p.add_argument("--profile", action="store_true", help="ours: one extra bucketed run under torch.profiler; its "
-                   "operator table goes to stderr")
+                   "operator table goes to stderr (on CUDA, budget minutes for the trace of a whole epoch)")
     p.add_argument("--encoder", default="tiny", choices=["tiny", "base"],
                    help="random WavLM: tiny (hidden 32, 2 layers) or base (wavlm-base-plus's size)")
     args = p.parse_args(argv)
