@@ -395,8 +395,7 @@ class Trainer:
 
         def account(loss: torch.Tensor, bs: int, step: int, stepped: bool, lr: float) -> None:
             nonlocal loss_sum, n_seen
-            self._check_finite(loss, epoch, step)
-            loss_value = loss.item()
+            loss_value = self._check_finite(loss, epoch, step)
             loss_sum += loss_value * bs
             n_seen += bs
             bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
@@ -441,8 +440,9 @@ class Trainer:
         return {"epoch": epoch, "loss": loss_sum / max(1, n_seen), **_scalars(metrics),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        """Stop on a NaN or infinite loss; under torchrun every rank stops at once when any rank has one."""
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> float:
+        """The loss as a float; a NaN or infinite one stops the run (under torchrun every rank stops at once when
+        any rank has one)."""
         value = loss.item()
         bad = not math.isfinite(value)
         if distributed.any_rank(bad, self.device):
@@ -452,6 +452,7 @@ class Trainer:
             what = f"non-finite loss ({value})" if bad else "non-finite loss on another rank"
             raise TrainingDiverged(f"{what} at epoch {epoch}, step {step}; stopped. {kept} (lower train.lr or set "
                                    "train.grad_clip)")
+        return value
 
     def total_loss(self, out, batch: dict) -> torch.Tensor:
         """The training objective: the class criterion (weighted; absent for a dimensional-only task) plus the
