@@ -29,6 +29,7 @@ import torch
 
 from mer.models.audio_augment import AudioAugment
 from mer.models.frontend import LogMelFrontend
+from mer.runtime import tune_allocator
 
 SR = 16000
 
@@ -86,6 +87,7 @@ def main() -> int:
                     "moved there before timing, as the training loop moves them; librosa stays on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tune_allocator()  # as every MER run does (mer.runtime); the whole process, librosa included
     device = torch.device(args.device)
     clips = make_clips(args.clips)
     data = [(w.to(device), n.to(device)) for w, n in batches(clips, args.batch_size)]

@@ -27,7 +27,7 @@ from mer.data.bucketing import bucketed_batch_sampler_fn, padding_fraction
 from mer.data.manifest import read_manifest
 from mer.data.wave_batch import WaveCollator
 from mer.models import build_model
-from mer.runtime import resolve_precision
+from mer.runtime import resolve_precision, tune_allocator
 from mer.schema import AugmentConfig, ModelConfig
 from mer.training.frame_augment import FrameAugmenter
 
@@ -73,6 +73,7 @@ def main() -> int:
     device = torch.device(args.device)
     precision = resolve_precision(args.amp, device)
     torch.set_num_threads(args.threads)
+    tune_allocator()  # as every MER run does (mer.runtime)
     rng = np.random.default_rng(0)
     if args.manifest:
         lengths = np.asarray([int(round(float(r["duration_s"]) * SR)) for r in read_manifest(args.manifest)])

@@ -217,6 +217,29 @@ def test_apply_wave_lengths_and_padding():
     assert torch.equal(w, x) and torch.equal(wl, lengths)
 
 
+@pytest.mark.parametrize("noisy", [False, True])
+def test_apply_wave_equals_its_steps_one_by_one(noisy):
+    """The chain fuses the shift into the resampling and the gain into the noise step's copy: the same draws, the
+    same output as the public steps applied one after the other (garbage in the padding included)."""
+    x, lengths = waves()
+    x = x.clone()
+    x[3, 2500:] = float("nan")
+    settings = dict(speed_factors=(0.9, 1.0, 1.1), shift_s=0.05, gain_db=(-6.0, 6.0))
+    if noisy:
+        settings.update(noise_snr_db=(10.0, 30.0), noise_p=0.5)
+    for seed in range(4):
+        w, wl = AudioAugment(**settings).apply_wave(x, lengths, gen(seed))
+        g = gen(seed)
+        y, yl, _ = speed_perturb(x, lengths, g, factors=(0.9, 1.0, 1.1))
+        assert bool(torch.rand(4, generator=g, dtype=torch.float64).lt(1.0).all())  # the speed step's coins
+        y = time_shift(y[:, : int(yl.max())], yl, g, max_shift=800)
+        y = random_gain(y, yl, g, gain_db=(-6.0, 6.0))
+        if noisy:
+            y = add_noise(y, yl, g, snr_db=(10.0, 30.0), p=0.5)
+        assert torch.equal(wl, yl) and w.shape == y.shape
+        torch.testing.assert_close(w, y, rtol=1e-6, atol=1e-6)
+
+
 def test_needs_an_explicit_generator_and_valid_ranges():
     x, lengths = waves()
     with pytest.raises(TypeError):

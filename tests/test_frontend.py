@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mer.models.frontend import LogMelFrontend, reflect_index
+from mer.models.frontend import LogMelFrontend, mel_bands, reflect_index
 
 SR = 16000
 TOL = 1e-3  # max abs difference on log values allowed against librosa (measured: < 1e-4)
@@ -131,6 +131,22 @@ def test_reflect_index_matches_numpy():
         got = reflect_index(idx, torch.tensor([n]))[0].numpy()
         ref = np.pad(np.arange(n), 20, mode="reflect") if n > 1 else np.zeros(n + 40, dtype=int)
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("n_mels,f_max", [(80, 8000.0), (40, 4000.0), (128, 7600.0)])
+def test_mel_bands_hold_every_nonzero_and_give_the_dense_product(n_mels, f_max):
+    fb = librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels, fmin=0.0, fmax=f_max, norm="slaney", dtype=np.float32)
+    bands = mel_bands(fb)
+    assert [r0 for r0, *_ in bands] == list(range(0, n_mels, 8)) and bands[-1][1] == n_mels
+    covered = np.zeros_like(fb, dtype=bool)
+    for r0, r1, lo, hi in bands:
+        covered[r0:r1, lo:hi] = True
+    assert not np.any((fb != 0) & ~covered)  # no filter weight falls outside its band
+    assert covered.sum() < fb.size / 4  # and the bands are much smaller than the dense matrix
+    fe = LogMelFrontend(n_mels=n_mels, f_max=f_max)
+    power = torch.rand(3, 201, 50)
+    banded = torch.cat([torch.matmul(fe.mel_fb[r0:r1, lo:hi], power[:, lo:hi]) for r0, r1, lo, hi in fe.mel_bands], 1)
+    torch.testing.assert_close(banded, torch.matmul(fe.mel_fb, power), rtol=1e-5, atol=1e-6)
 
 
 def test_no_state_in_the_state_dict_and_bad_settings():

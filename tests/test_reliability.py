@@ -577,3 +577,22 @@ def test_atomic_folder_replaces_a_folder_whole_or_leaves_it_untouched(tmp_path):
     with atomic_folder(out) as tmp:
         (tmp / "new.txt").write_text("whole")
     assert [p.name for p in out.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+
+
+def test_allocator_tuning_is_applied_once_asked_and_skipped_when_told(monkeypatch):
+    import sys
+
+    from mer.runtime import tune_allocator
+
+    if not sys.platform.startswith("linux"):
+        assert tune_allocator() is False
+        return
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MER_TUNE_MALLOC", "0")
+    assert tune_allocator() is False  # switched off
+    monkeypatch.delenv("MER_TUNE_MALLOC")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "100000")
+    assert tune_allocator() is False  # the caller's own glibc settings win
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert tune_allocator() is True  # glibc accepted both settings

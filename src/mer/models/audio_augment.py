@@ -39,8 +39,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mer.models.frontend import lengths_to_mask
-
 Range = tuple[float, float]
 
 
@@ -80,10 +78,14 @@ def _check_range(name: str, r: Range) -> tuple[float, float]:
     return lo, hi
 
 
-def _zero_past(x: Tensor, lengths: Tensor) -> Tensor:
-    """Samples (last dim) past each row's length set to 0."""
-    mask = lengths_to_mask(lengths, x.shape[-1])
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+def _zero_tails_(x: Tensor, lengths: Sequence[int]) -> Tensor:
+    """In place, on a tensor the caller just made: row r past lengths[r] (last dim) set to 0. Only the padding is
+    written (one small fill per row), not a masked pass over the whole batch."""
+    t = x.shape[-1]
+    for r, n in enumerate(lengths):
+        if n < t:
+            x[r, max(int(n), 0):] = 0
+    return x
 
 
 # -- waveform ------------------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def random_crop(
         wave.shape[1] - 1
     )
     out = torch.gather(wave, 1, index)
-    return _zero_past(out, out_len), out_len
+    return _zero_tails_(out, out_len.tolist()), out_len
 
 
 def time_shift(wave: Tensor, lengths: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
@@ -111,13 +113,26 @@ def time_shift(wave: Tensor, lengths: Tensor, gen: torch.Generator, max_shift: i
     if max_shift < 0:
         raise ValueError(f"time_shift: max_shift must be >= 0, got {max_shift}")
     lengths = lengths.to(device=wave.device, dtype=torch.long)
-    shift = randint_below(torch.full_like(lengths, 2 * int(max_shift)), gen) - int(max_shift)
-    n = lengths.clamp_min(1)
-    shift = torch.remainder(shift, n).unsqueeze(1)  # in [0, n): one division per clip, not per sample
-    t = torch.arange(wave.shape[1], device=wave.device).unsqueeze(0)
-    index = t - shift
-    index = torch.where(index < 0, index + n.unsqueeze(1), index)
-    return _zero_past(torch.gather(wave, 1, index), lengths)
+    return _roll_rows(wave, lengths.tolist(), _draw_shifts(lengths, gen, max_shift))
+
+
+def _draw_shifts(lengths: Tensor, gen: torch.Generator, max_shift: int) -> list[int]:
+    return (randint_below(torch.full_like(lengths, 2 * int(max_shift)), gen) - int(max_shift)).tolist()
+
+
+def _roll_rows(x: Tensor, lengths: list[int], shifts: list[int]) -> Tensor:
+    """Row r: its first lengths[r] samples rolled by shifts[r] (as `torch.roll` of that part), then zeros. Two slice
+    copies per row: memory-speed, where one gather needed four passes of int64 indices over the batch."""
+    out = torch.empty_like(x)
+    t = x.shape[1]
+    for r, (n, s) in enumerate(zip(lengths, shifts, strict=True)):
+        n = min(max(n, 0), t)
+        if n:
+            s %= n
+            out[r, s:n] = x[r, : n - s]
+            out[r, :s] = x[r, n - s : n]
+        out[r, n:] = 0
+    return out
 
 
 def speed_perturb(
@@ -134,29 +149,50 @@ def speed_perturb(
     (wave [B, max new length], new lengths [B], the factors [B]).
     """
     lengths = lengths.to(device=wave.device, dtype=torch.long)
-    b = wave.shape[0]
+    draw = _draw_speed(lengths, gen, factors, factor_range)
+    return _apply_speed(wave, lengths, draw), draw.new_len, draw.f.to(torch.float32)
+
+
+@dataclass
+class _SpeedDraw:
+    f: Tensor  # [B] float64 factors
+    new_len: Tensor  # [B] long
+    pick: list[int] | None  # discrete factors: each row's index into `choices`
+    choices: Tensor | None
+
+
+def _draw_speed(lengths: Tensor, gen: torch.Generator, factors: Sequence[float] | None,
+                factor_range: Range | None) -> _SpeedDraw:
+    b = lengths.shape[0]
+    pick = choices = None
     if factor_range is not None:
         lo, hi = _check_range("speed_perturb.factor_range", factor_range)
         if lo <= 0:
             raise ValueError(f"speed_perturb: factors must be > 0, got {factor_range!r}")
-        f = uniform((b,), lo, hi, gen, wave.device)
+        f = uniform((b,), lo, hi, gen, lengths.device)
     else:
         choices = torch.tensor([float(v) for v in (factors or ())], dtype=torch.float64)
         if choices.numel() == 0 or bool((choices <= 0).any()):
             raise ValueError(
                 f"speed_perturb: factors must be a non-empty list of values > 0, got {factors!r}"
             )
-        pick = randint_below(torch.full((b,), choices.numel() - 1, dtype=torch.long), gen)
-        f = choices[pick].to(wave.device)
+        picked = randint_below(torch.full((b,), choices.numel() - 1, dtype=torch.long), gen)
+        f, pick = choices[picked].to(lengths.device), picked.tolist()
     new_len = torch.where(
         lengths > 0,
         (lengths.to(torch.float64) / f).round().to(torch.long).clamp_min(1),
         torch.zeros_like(lengths),
     )
-    width = int(new_len.max()) if b else 0
-    if factor_range is None:
-        out = _resample_groups(wave, lengths, pick.to(wave.device), choices, new_len, width)
-        return _zero_past(out, new_len), new_len, f.to(torch.float32)
+    return _SpeedDraw(f, new_len, pick, choices)
+
+
+def _apply_speed(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, shifts: list[int] | None = None) -> Tensor:
+    """The resampled batch of `draw`; with `shifts` (discrete factors only), each row also rolled by its shift
+    (`time_shift` fused in: no second pass)."""
+    f, new_len = draw.f, draw.new_len
+    width = int(new_len.max()) if wave.shape[0] else 0
+    if draw.pick is not None:
+        return _resample_rows(wave, lengths, draw.pick, draw.choices, new_len, width, shifts)
     # float32 positions: exact for integers below 2^24 samples (17 min at 16 kHz); fractions within ~1e-2
     pos = torch.arange(width, device=wave.device, dtype=torch.float32).unsqueeze(0) * f.float().unsqueeze(1)
     last = (lengths - 1).clamp_min(0).unsqueeze(1)
@@ -166,36 +202,48 @@ def speed_perturb(
     frac = (pos - i0.to(torch.float32)).to(wave.dtype)
     x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
     out = (torch.gather(x, 1, i0) * (1 - frac) + torch.gather(x, 1, i1) * frac).to(wave.dtype)
-    return _zero_past(out, new_len), new_len, f.to(torch.float32)
+    return _zero_tails_(out, new_len.tolist())
 
 
-def _resample_groups(wave: Tensor, lengths: Tensor, pick: Tensor, choices: Tensor, new_len: Tensor,
-                     width: int) -> Tensor:
-    """`speed_perturb` for a few discrete factors: the rows that share a factor share its sample positions
-    (i * f, float32 as in the general case), so each group is resampled with two 1-D `index_select`s and one lerp
-    instead of per-row index tensors; factor 1 rows are copied. Each row's last sample is repeated after it, which
-    gives the positions between its last sample and its end the value the general case clamps them to."""
+def _resample_rows(wave: Tensor, lengths: Tensor, pick: list[int], choices: Tensor, new_len: Tensor,
+                   width: int, shifts: list[int] | None = None) -> Tensor:
+    """`speed_perturb` for a few discrete factors, row by row: the rows that share a factor share its sample
+    positions (i * f, float32 as in the general case) and their floor / fraction, so each row is two 1-D
+    `index_select`s and one lerp written straight into the output (factor 1: a copy). Positions at or past a row's
+    last sample (the general case clamps them there) take that sample. With `shifts`, resampled sample i of row r
+    is written at (i + shifts[r]) mod its new length (`time_shift` of the result, in the same writes). Padding 0."""
     b, t = wave.shape
     x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
-    x = torch.nn.functional.pad(x, (0, 1))
-    has = torch.nonzero(lengths > 0, as_tuple=True)[0]
-    x[has, lengths[has]] = x[has, lengths[has] - 1]
-    out = torch.zeros((b, width), dtype=x.dtype, device=x.device)
-    for k in torch.unique(pick).tolist():
-        rows = torch.nonzero(pick == k, as_tuple=True)[0]
-        w = int(new_len[rows].max())
-        if w == 0:
-            continue
+    out = torch.empty((b, width), dtype=x.dtype, device=x.device)
+    n_of, m_of = lengths.tolist(), new_len.tolist()
+    grids, inner = {}, {}
+    for k in sorted(set(pick)):
         factor = float(choices[k])
-        if factor == 1.0:
-            out[rows, :w] = x[rows, :w]
+        w = max((m for m, kk in zip(m_of, pick, strict=True) if kk == k), default=0)
+        if factor == 1.0 or w == 0:
             continue
         pos = torch.arange(w, device=x.device, dtype=torch.float32) * torch.tensor(factor, dtype=torch.float32)
-        i0 = pos.floor().to(torch.long).clamp_max(t)
-        i1 = (i0 + 1).clamp_max(t)
-        frac = (pos - i0.to(torch.float32)).to(x.dtype)
-        xs = x.index_select(0, rows)
-        out[rows, :w] = torch.lerp(xs.index_select(1, i0), xs.index_select(1, i1), frac)
+        i0 = pos.floor().to(torch.long)
+        grids[k] = (i0, i0 + 1, (pos - i0.to(torch.float32)).to(x.dtype))
+        # per row: how many positions lie before its last sample (those interpolate between two real samples)
+        inner[k] = torch.searchsorted(pos, (lengths - 1).clamp_min(0).to(torch.float32)).tolist()
+    for r in range(b):
+        n, m, k = n_of[r], m_of[r], pick[r]
+        s = shifts[r] % m if (shifts is not None and m) else 0
+        segments = ((0, m - s, s), (m - s, m, 0)) if s else ((0, m, 0),)  # (first, end, where it goes)
+        row = x[r]
+        for lo, hi, dst in segments:
+            if k in grids:
+                i0, i1, frac = grids[k]
+                j = min(inner[k][r], m)  # samples [lo, min(hi, j)) interpolate; [max(lo, j), hi) take the last one
+                if min(hi, j) > lo:
+                    torch.lerp(row.index_select(0, i0[lo:min(hi, j)]), row.index_select(0, i1[lo:min(hi, j)]),
+                               frac[lo:min(hi, j)], out=out[r, dst : dst + min(hi, j) - lo])
+                if hi > max(lo, j):
+                    out[r, dst + max(lo, j) - lo : dst + hi - lo] = x[r, n - 1]
+            else:
+                out[r, dst : dst + hi - lo] = row[lo:hi]
+        out[r, m:] = 0
     return out.to(wave.dtype)
 
 
@@ -203,27 +251,25 @@ def random_gain(
     wave: Tensor, lengths: Tensor, gen: torch.Generator, gain_db: Range = (-6.0, 6.0), p: float = 1.0
 ) -> Tensor:
     """Each clip (with probability p) multiplied by 10^(g/20), g uniform in `gain_db`."""
+    scale = _draw_gain(wave.shape[0], gen, gain_db, p, wave.device).to(wave.dtype)
+    return _zero_tails_(wave * scale.unsqueeze(1), lengths.tolist())
+
+
+def _draw_gain(b: int, gen: torch.Generator, gain_db: Range, p: float, device) -> Tensor:
+    """[B] float64 amplitude factors: 10^(g/20) for the rows whose coin came up, else 1."""
     lo, hi = _check_range("random_gain.gain_db", gain_db)
-    g = uniform((wave.shape[0],), lo, hi, gen, wave.device)
-    apply = _coin(wave.shape[0], p, gen, wave.device)
-    scale = torch.where(apply, torch.pow(10.0, g / 20.0), torch.ones_like(g)).to(wave.dtype)
-    return _zero_past(wave * scale.unsqueeze(1), lengths.to(wave.device))
+    g = uniform((b,), lo, hi, gen, device)
+    apply = _coin(b, p, gen, device)
+    return torch.where(apply, torch.pow(10.0, g / 20.0), torch.ones_like(g))
 
 
-def _noise_windows(
-    noises: Sequence[Tensor], lengths: Tensor, width: int, gen: torch.Generator, device
-) -> Tensor:
-    """[B, width]: for each clip a random noise clip, from a random offset, tiled (circularly) to the clip."""
-    b = lengths.shape[0]
-    pick = randint_below(torch.full((b,), len(noises) - 1, dtype=torch.long), gen).tolist()
-    sizes = torch.tensor([int(noises[k].numel()) for k in pick], dtype=torch.long)
-    offset = randint_below(sizes - 1, gen)
-    rows = []
-    t = torch.arange(width)
-    for i, k in enumerate(pick):
-        src = noises[k].reshape(-1).to(device=device, dtype=torch.float32)
-        rows.append(src[torch.remainder(t + offset[i], sizes[i]).to(device)])
-    return torch.stack(rows) if rows else torch.zeros(0, width, device=device)
+def circular_window(src: Tensor, offset: int, n: int) -> Tensor:
+    """n samples of the 1-D `src` read from `offset` on, wrapping around (tiled when n exceeds its length)."""
+    size = src.numel()
+    offset %= size
+    if offset + n <= size:
+        return src[offset : offset + n]
+    return src.repeat(-(-(offset + n) // size))[offset : offset + n]
 
 
 def add_noise(
@@ -236,9 +282,19 @@ def add_noise(
 ) -> Tensor:
     """Additive noise at an SNR uniform in `snr_db` (per clip, over its real samples), with probability p.
 
-    `noises`: 1-D noise waveforms at the clips' rate (each clip draws one and a random window of it); None:
-    white Gaussian noise. A silent clip (zero power) and a silent noise window are left without noise.
+    `noises`: 1-D noise waveforms at the clips' rate (each clip draws one and a random window of it, tiled when
+    shorter than the clip); None: white Gaussian noise, one draw of as many samples as the batch is wide per call,
+    each clip reading its noise from its own random offset in it (circularly): a window of white Gaussian noise is
+    white Gaussian noise, at 1/B of the cost of drawing every clip's own (drawing dominated this step). A silent
+    clip (zero power) and a silent noise window are left without noise.
     """
+    return _add_noise(wave, lengths, gen, snr_db, noises, p)
+
+
+def _add_noise(wave: Tensor, lengths: Tensor, gen: torch.Generator, snr_db: Range, noises: Sequence[Tensor] | None,
+               p: float, gain: Tensor | None = None) -> Tensor:
+    """`add_noise`; with `gain` ([B] amplitude factors), of `random_gain`'s output with those factors: the gain is
+    applied by the copy this step makes anyway (the SNR is relative to the gained clip)."""
     lo, hi = _check_range("add_noise.snr_db", snr_db)
     if noises is not None and (len(noises) == 0 or any(int(n.numel()) == 0 for n in noises)):
         raise ValueError("add_noise: the noise list is empty or holds an empty clip")
@@ -246,27 +302,31 @@ def add_noise(
     b, t = wave.shape
     snr = uniform((b,), lo, hi, gen, wave.device)
     apply = _coin(b, p, gen, wave.device)
-    mask = lengths_to_mask(lengths, t)
-    zero = torch.zeros((), dtype=torch.float32, device=wave.device)
-    x = torch.where(mask, wave.float(), zero)
-    rows = torch.nonzero(apply, as_tuple=True)[0]  # the clips that get noise: the only ones worked on below
-    if noises is None:  # drawn only for the clips that get noise
-        _check_gen(gen)
-        drawn = int(rows.numel())
-        noise = (torch.randn((drawn, t), generator=gen, device=_device(gen)).to(wave.device) if drawn else None)
-    else:  # a window for every clip (the draws do not depend on the coins), kept for those that get noise
-        noise = _noise_windows(noises, lengths, t, gen, wave.device)[rows]
-    if not rows.numel():
+    if noises is None:
+        sources, pick = None, [0] * b
+    else:
+        pick = randint_below(torch.full((b,), len(noises) - 1, dtype=torch.long), gen).tolist()
+    sizes = torch.tensor([t if noises is None else int(noises[k].numel()) for k in pick], dtype=torch.long)
+    offset = randint_below((sizes - 1).clamp_min(0), gen).tolist()
+    n_of = lengths.clamp(0, t).tolist()
+    x = _zero_tails_(wave.to(torch.float32, copy=True) if gain is None else
+                     wave.float() * gain.to(device=wave.device, dtype=wave.dtype).float().unsqueeze(1), n_of)
+    rows = [r for r, on in enumerate(apply.tolist()) if on and n_of[r] > 0]  # the only clips worked on below
+    if not rows:
         return x.to(wave.dtype)
-    xr = x[rows]
-    noise = torch.where(mask[rows], noise.float(), zero)
-    count = lengths[rows].clamp_min(1).to(torch.float64)
-    p_signal = xr.square().sum(1, dtype=torch.float64) / count  # float64 sums: the SNR is exact to ~1e-6 dB
-    p_noise = noise.square().sum(1, dtype=torch.float64) / count
-    ok = (p_signal > 0) & (p_noise > 0)
-    scale = torch.sqrt(p_signal / (p_noise.clamp_min(1e-30) * torch.pow(10.0, snr[rows] / 10.0)))
-    scale = torch.where(ok, scale, torch.zeros_like(scale)).to(torch.float32)
-    x[rows] = xr + scale.unsqueeze(1) * noise
+    if noises is None:
+        _check_gen(gen)
+        sources = [torch.randn(t, generator=gen, device=_device(gen)).to(wave.device)]
+    else:
+        sources = [n.reshape(-1).to(device=wave.device, dtype=torch.float32) for n in noises]
+    windows = [circular_window(sources[pick[r]], offset[r], n_of[r]) for r in rows]
+    # the powers of every clip and window that gets noise, in one transfer (float32 dots: the SNR within ~1e-5 dB)
+    dots = torch.stack([d for r, w in zip(rows, windows, strict=True)
+                        for d in (x[r, : n_of[r]].dot(x[r, : n_of[r]]), w.dot(w))]).tolist()
+    for j, (r, w) in enumerate(zip(rows, windows, strict=True)):
+        p_signal, p_noise = dots[2 * j], dots[2 * j + 1]
+        if p_signal > 0 and p_noise > 0:
+            x[r, : n_of[r]].add_(w, alpha=math.sqrt(p_signal / (p_noise * 10.0 ** (float(snr[r]) / 10.0))))
     return x.to(wave.dtype)
 
 
@@ -326,26 +386,29 @@ def spec_augment(
     fill: str = "mean",
 ) -> Tensor:
     """SpecAugment on [B, n_mels, F]: frequency and time masks (see `specaugment_masks`), filled with the
-    clip's mean over its real cells (`fill="mean"`) or 0 (`fill="zero"`). Padding frames stay 0."""
+    clip's mean over its real cells (`fill="mean"`) or 0 (`fill="zero"`). `feats`' padding frames must be 0, as
+    the front end makes them; they stay 0. The masks are written as slices of a copy, row by row."""
     if fill not in ("mean", "zero"):
         raise ValueError(f"spec_augment: fill must be 'mean' or 'zero', got {fill!r}")
     b, n_mels, n_frames = feats.shape
     frame_lengths = frame_lengths.to(device=feats.device, dtype=torch.long)
-    fmask, tmask = specaugment_masks(
-        n_mels, frame_lengths, n_frames, gen, freq_masks, freq_width, time_masks, time_width
+    fs, fw = draw_mask_intervals(  # the draws of `specaugment_masks`, in its order
+        torch.full((b,), n_mels, dtype=torch.long, device=feats.device), freq_masks, freq_width, gen
     )
-    real = lengths_to_mask(frame_lengths, n_frames).unsqueeze(1)  # [B, 1, F]
-    masked = (fmask.unsqueeze(2) | tmask.unsqueeze(1)) & real
-    if fill == "mean":
-        zero = torch.zeros((), dtype=feats.dtype, device=feats.device)
-        value = torch.where(real, feats, zero).sum((1, 2)) / (frame_lengths.clamp_min(1) * n_mels).to(
-            feats.dtype
-        )
-        value = value.view(b, 1, 1)
+    ts, tw = draw_mask_intervals(frame_lengths.clamp_max(n_frames), time_masks, time_width, gen)
+    if fill == "mean":  # the padding is 0 (the front end's contract), so a plain sum is the sum over real cells
+        value = (feats.sum((1, 2), dtype=torch.float32) / (frame_lengths.clamp_min(1) * n_mels)).to(feats.dtype)
+        values = value.tolist()
     else:
-        value = torch.zeros((), dtype=feats.dtype, device=feats.device)
-    out = torch.where(masked, value, feats)
-    return torch.where(real, out, torch.zeros((), dtype=feats.dtype, device=feats.device))
+        values = [0.0] * b
+    out = feats.clone()
+    n_of = frame_lengths.clamp_max(n_frames).tolist()
+    for r, (f0, fw_, t0, tw_) in enumerate(zip(fs.tolist(), fw.tolist(), ts.tolist(), tw.tolist(), strict=True)):
+        for start, width in zip(f0, fw_, strict=True):
+            out[r, start : start + width, : n_of[r]] = values[r]
+        for start, width in zip(t0, tw_, strict=True):
+            out[r, :, start : start + width] = values[r]
+    return out
 
 
 # -- mixup ---------------------------------------------------------------------------------------------------
@@ -453,25 +516,36 @@ class AudioAugment:
         lengths = lengths.to(device=wave.device, dtype=torch.long)
         if self.crop_s is not None:
             wave, lengths = random_crop(wave, lengths, gen, max(1, round(self.crop_s * self.sample_rate)))
+        shifted = False
         if self.speed_factors is not None or self.speed_range is not None:
-            new, new_len, _ = speed_perturb(wave, lengths, gen, self.speed_factors, self.speed_range)
+            draw = _draw_speed(lengths, gen, self.speed_factors, self.speed_range)
             apply = _coin(wave.shape[0], self.speed_p, gen, wave.device)
             if bool(apply.all()):  # the usual speed_p = 1: no mixing with the originals
-                wave, lengths = new, new_len
+                shifts = None
+                if self.shift_s is not None and draw.pick is not None:  # the shift's draws, applied in the same pass
+                    shifts, shifted = _draw_shifts(draw.new_len, gen, self._max_shift()), True
+                wave, lengths = _apply_speed(wave, lengths, draw, shifts), draw.new_len
             else:
+                new, new_len = _apply_speed(wave, lengths, draw), draw.new_len
                 width = max(new.shape[1], wave.shape[1])
                 new = torch.nn.functional.pad(new, (0, width - new.shape[1]))
                 old = torch.nn.functional.pad(wave, (0, width - wave.shape[1]))
                 wave = torch.where(apply.unsqueeze(1), new, old)
                 lengths = torch.where(apply, new_len, lengths)
             wave = wave[:, : max(1, int(lengths.max()))] if lengths.numel() else wave
-        if self.shift_s is not None:
-            wave = time_shift(wave, lengths, gen, round(self.shift_s * self.sample_rate))
+        if self.shift_s is not None and not shifted:
+            wave = time_shift(wave, lengths, gen, self._max_shift())
+        gain = None
         if self.gain_db is not None:
-            wave = random_gain(wave, lengths, gen, self.gain_db, self.gain_p)
-        if self.noise_snr_db is not None:
-            wave = add_noise(wave, lengths, gen, self.noise_snr_db, self.noises, self.noise_p)
+            gain = _draw_gain(wave.shape[0], gen, self.gain_db, self.gain_p, wave.device)
+            if self.noise_snr_db is None:
+                wave = _zero_tails_(wave * gain.to(wave.dtype).unsqueeze(1), lengths.tolist())
+        if self.noise_snr_db is not None:  # the gain, when on, applied by the noise step's copy
+            wave = _add_noise(wave, lengths, gen, self.noise_snr_db, self.noises, self.noise_p, gain)
         return wave, lengths
+
+    def _max_shift(self) -> int:
+        return round(self.shift_s * self.sample_rate)
 
     def apply_spec(self, feats: Tensor, frame_lengths: Tensor, gen: torch.Generator) -> Tensor:
         """SpecAugment with these settings (feats unchanged when it is off)."""

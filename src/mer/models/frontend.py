@@ -34,6 +34,20 @@ def lengths_to_mask(lengths: Tensor, total: int) -> Tensor:
     return torch.arange(total, device=lengths.device).unsqueeze(0) < lengths.to(torch.long).unsqueeze(1)
 
 
+def mel_bands(fb: np.ndarray, rows: int = 8) -> list[tuple[int, int, int, int]]:
+    """The filterbank [n_mels, K] as blocks of `rows` consecutive filters with the bins they touch: [(row_start,
+    row_end, bin_start, bin_end)]. A mel filter is nonzero on a few bins only (80 slaney filters over 201 bins:
+    391 nonzeros of 16,080), so `fb @ power` computed block by block over each block's bins does ~9x fewer
+    multiply-adds with the same nonzero terms (rows without any nonzero bin take bins [0, 1): zeros)."""
+    out = []
+    for r0 in range(0, fb.shape[0], rows):
+        r1 = min(r0 + rows, fb.shape[0])
+        cols = np.nonzero(np.any(fb[r0:r1] != 0, axis=0))[0]
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
+        out.append((r0, r1, lo, hi))
+    return out
+
+
 def reflect_index(index: Tensor, lengths: Tensor) -> Tensor:
     """Map positions (any integers) into [0, lengths) by reflection without repeating the edge sample, as
     numpy's `pad(mode="reflect")` does, also for pads longer than the clip (repeated reflections). index [B,
@@ -119,6 +133,7 @@ class LogMelFrontend(nn.Module):
         self.register_buffer(
             "mel_fb", torch.from_numpy(np.ascontiguousarray(fb)), persistent=False
         )  # [n_mels, K]
+        self.mel_bands = mel_bands(fb)
         # librosa's "hann" is scipy's periodic Hann (fftbins=True): torch's default periodic window.
         self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
 
@@ -178,12 +193,15 @@ class LogMelFrontend(nn.Module):
                 center=False,
                 return_complex=True,
             )  # [B, K, F]
-            if self.power == 2.0:  # |X|^2 = re^2 + im^2: no square root (abs) then square
-                spec = spec.real.square() + spec.imag.square()
+            if self.power == 2.0:  # |X|^2 = re^2 + im^2: no square root (abs) then square; one dense product
+                ri = torch.view_as_real(spec)
+                sq = ri * ri
+                spec = sq[..., 0] + sq[..., 1]
             else:
                 spec = spec.abs().pow(self.power)
-            mel = torch.matmul(self.mel_fb, spec)  # [B, n_mels, F]
-            feats = torch.log(mel + self.log_offset)
+            mel = torch.cat([torch.matmul(self.mel_fb[r0:r1, lo:hi], spec[:, lo:hi])
+                             for r0, r1, lo, hi in self.mel_bands], 1)  # [B, n_mels, F]
+            feats = mel.add_(self.log_offset).log_()
             frame_lengths = self.frame_lengths(lengths)
             frame_mask = lengths_to_mask(frame_lengths, feats.shape[-1]).unsqueeze(1)  # [B, 1, F]
             feats = torch.where(frame_mask, feats, torch.zeros((), dtype=feats.dtype, device=feats.device))

@@ -22,7 +22,7 @@ from mer.evaluation.metrics import VAL_METRICS, compute_metrics, lower_is_better
 from mer.evaluation.reports import plot_curves
 from mer.io import atomic_write_text, remove_stale_temps
 from mer.reporting.splits import OFFICIAL_SPLIT_DATASETS
-from mer.runtime import Precision, resolve_precision, seed_everything, select_device
+from mer.runtime import Precision, resolve_precision, seed_everything, select_device, tune_allocator
 from mer.schema import ExperimentConfig, ViewConfig
 from mer.training.checkpoint import load_checkpoint, training_finished
 from mer.training.loop import FitResult, Trainer, default_batch_sampler
@@ -112,6 +112,7 @@ def view_config(cfg: ExperimentConfig, view_name: str) -> ViewConfig:
 def start(cfg: ExperimentConfig) -> tuple[torch.device, Precision]:
     """Seed, join the torchrun process group when launched by torchrun (`mer.distributed`), then choose the device
     (cuda:LOCAL_RANK per process under torchrun) and the precision of a run."""
+    tune_allocator()
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     _, device_name = distributed.init(cfg.run.device)
     device = select_device(device_name)
