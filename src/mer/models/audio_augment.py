@@ -12,8 +12,8 @@ Waveform [B, T] + lengths [B] (samples):
   linear interpolation: a factor f > 1 is faster (round(L / f) samples, pitch up), lengths updated;
 - `random_gain`: multiplied by 10^(g/20), g uniform in [lo, hi] dB;
 - `add_noise`: noise scaled to an SNR uniform in [lo, hi] dB over the clip's real samples: white Gaussian
-  noise, or a random window of a clip drawn from `noises` (tiled when shorter than the clip); a silent clip is
-  left as is.
+  noise (one draw per batch, each clip reading it from its own random offset), or a random window of a clip
+  drawn from `noises` (tiled when shorter than the clip); a silent clip is left as is.
 
 Log-mel [B, n_mels, F] + frame_lengths [B]:
 - `spec_augment`: `freq_masks` bands of width uniform in [0, freq_width] bins and `time_masks` bands of width
@@ -26,7 +26,10 @@ returns the mixed inputs and lengths, both label index tensors and lam (`MixupRe
 mixed one-hot targets; `MixupResult.loss(criterion, logits)` the mixed loss).
 
 `AudioAugment` holds a set of these settings (no config dependency) with `apply_wave`, `apply_spec` and
-`apply_mixup`; a setting left at None (or a count of 0) switches that augmentation off.
+`apply_mixup`; a setting left at None (or a count of 0) switches that augmentation off. `apply_wave` gives what the
+steps give one after the other, with fewer passes over the batch (the shift written by the resampling, the gain by
+the noise step's copy). The steps work clip by clip on slices (memory-speed copies, no index tensors as large as
+the batch), which is what makes them cheap on a CPU.
 """
 
 from __future__ import annotations

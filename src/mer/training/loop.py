@@ -35,7 +35,7 @@ from mer import distributed
 from mer.errors import UserError
 from mer.io import FolderLock, remove_stale_temps
 from mer.models.heads import logits_of
-from mer.runtime import Precision, rng_state, set_rng_state
+from mer.runtime import Precision, release_free_memory, rng_state, set_rng_state
 from mer.schema import HeadsConfig, TrainConfig
 from mer.training.augmentation import augment_batch
 from mer.training.checkpoint import (
@@ -558,6 +558,7 @@ class Trainer:
             mark = " *" if is_best else ""
             print(f"epoch {epoch:3d}  train loss {train_row['loss']:.4f}  val loss {val_row['loss']:.4f}  "
                   f"val {cfg.best_metric} {value:.4f}{mark}  ({train_row['time_s']:.1f}s)", flush=True)
+            release_free_memory()  # memory kept for fast steps (tune_allocator) goes back between epochs
             if self.early.should_stop:
                 stopped = True
                 print(f"early stop: {cfg.best_metric}: {self.early.reason}")
