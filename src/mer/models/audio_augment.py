@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mer.models.frontend import lengths_to_mask
+
 Range = tuple[float, float]
 
 
@@ -81,11 +83,20 @@ def _check_range(name: str, r: Range) -> tuple[float, float]:
     return lo, hi
 
 
-def _zero_tails_(x: Tensor, lengths: Sequence[int]) -> Tensor:
-    """In place, on a tensor the caller just made: row r past lengths[r] (last dim) set to 0. Only the padding is
-    written (one small fill per row), not a masked pass over the whole batch."""
+def _row_wise(x: Tensor) -> bool:
+    """Whether the waveform steps work clip by clip on slices (on the CPU: memory-speed copies, no index tensors as
+    large as the batch) or on the whole batch at once (an accelerator: a few kernels and no reads of device values
+    inside a step). Both give the same output (tests/test_audio_augment.py runs both on the CPU)."""
+    return x.device.type == "cpu"
+
+
+def _zero_tails_(x: Tensor, lengths: Tensor) -> Tensor:
+    """In place, on a tensor the caller just made: row r past lengths[r] (last dim) set to 0 (on the CPU one small
+    fill per row of padding, not a masked pass over the whole batch)."""
     t = x.shape[-1]
-    for r, n in enumerate(lengths):
+    if not _row_wise(x):
+        return x.masked_fill_(~lengths_to_mask(lengths.to(x.device), t), 0)
+    for r, n in enumerate(lengths.tolist()):
         if n < t:
             x[r, max(int(n), 0):] = 0
     return x
@@ -107,7 +118,7 @@ def random_crop(
         wave.shape[1] - 1
     )
     out = torch.gather(wave, 1, index)
-    return _zero_tails_(out, out_len.tolist()), out_len
+    return _zero_tails_(out, out_len), out_len
 
 
 def time_shift(wave: Tensor, lengths: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
@@ -116,19 +127,25 @@ def time_shift(wave: Tensor, lengths: Tensor, gen: torch.Generator, max_shift: i
     if max_shift < 0:
         raise ValueError(f"time_shift: max_shift must be >= 0, got {max_shift}")
     lengths = lengths.to(device=wave.device, dtype=torch.long)
-    return _roll_rows(wave, lengths.tolist(), _draw_shifts(lengths, gen, max_shift))
+    return _roll_rows(wave, lengths, _draw_shifts(lengths, gen, max_shift))
 
 
-def _draw_shifts(lengths: Tensor, gen: torch.Generator, max_shift: int) -> list[int]:
-    return (randint_below(torch.full_like(lengths, 2 * int(max_shift)), gen) - int(max_shift)).tolist()
+def _draw_shifts(lengths: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
+    return randint_below(torch.full_like(lengths, 2 * int(max_shift)), gen) - int(max_shift)
 
 
-def _roll_rows(x: Tensor, lengths: list[int], shifts: list[int]) -> Tensor:
-    """Row r: its first lengths[r] samples rolled by shifts[r] (as `torch.roll` of that part), then zeros. Two slice
-    copies per row: memory-speed, where one gather needed four passes of int64 indices over the batch."""
-    out = torch.empty_like(x)
+def _roll_rows(x: Tensor, lengths: Tensor, shifts: Tensor) -> Tensor:
+    """Row r: its first lengths[r] samples rolled by shifts[r] (as `torch.roll` of that part), then zeros. On the
+    CPU two slice copies per row (one gather needed four passes of int64 indices over the batch); elsewhere that
+    gather."""
     t = x.shape[1]
-    for r, (n, s) in enumerate(zip(lengths, shifts, strict=True)):
+    if not _row_wise(x):
+        n = lengths.clamp(1, t).unsqueeze(1)
+        index = torch.arange(t, device=x.device).unsqueeze(0) - torch.remainder(shifts.to(x.device).unsqueeze(1), n)
+        index = torch.where(index < 0, index + n, index)
+        return _zero_tails_(torch.gather(x, 1, index), lengths)
+    out = torch.empty_like(x)
+    for r, (n, s) in enumerate(zip(lengths.tolist(), shifts.tolist(), strict=True)):
         n = min(max(n, 0), t)
         if n:
             s %= n
@@ -189,13 +206,19 @@ def _draw_speed(lengths: Tensor, gen: torch.Generator, factors: Sequence[float] 
     return _SpeedDraw(f, new_len, pick, choices)
 
 
-def _apply_speed(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, shifts: list[int] | None = None) -> Tensor:
+def _apply_speed(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, shifts: Tensor | None = None) -> Tensor:
     """The resampled batch of `draw`; with `shifts` (discrete factors only), each row also rolled by its shift
-    (`time_shift` fused in: no second pass)."""
+    (on the CPU `time_shift` fused into the resampling's writes: no second pass)."""
     f, new_len = draw.f, draw.new_len
     width = int(new_len.max()) if wave.shape[0] else 0
+    if draw.pick is not None and _row_wise(wave):
+        return _resample_rows(wave, lengths, draw.pick, draw.choices, new_len, width,
+                              None if shifts is None else shifts.tolist())
     if draw.pick is not None:
-        return _resample_rows(wave, lengths, draw.pick, draw.choices, new_len, width, shifts)
+        out = _resample_groups(wave, lengths, torch.tensor(draw.pick, device=wave.device), draw.choices, new_len,
+                               width)
+        out = _zero_tails_(out, new_len)
+        return out if shifts is None else _roll_rows(out, new_len, shifts)
     # float32 positions: exact for integers below 2^24 samples (17 min at 16 kHz); fractions within ~1e-2
     pos = torch.arange(width, device=wave.device, dtype=torch.float32).unsqueeze(0) * f.float().unsqueeze(1)
     last = (lengths - 1).clamp_min(0).unsqueeze(1)
@@ -205,7 +228,36 @@ def _apply_speed(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, shifts: list[i
     frac = (pos - i0.to(torch.float32)).to(wave.dtype)
     x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
     out = (torch.gather(x, 1, i0) * (1 - frac) + torch.gather(x, 1, i1) * frac).to(wave.dtype)
-    return _zero_tails_(out, new_len.tolist())
+    return _zero_tails_(out, new_len)
+
+
+def _resample_groups(wave: Tensor, lengths: Tensor, pick: Tensor, choices: Tensor, new_len: Tensor,
+                     width: int) -> Tensor:
+    """`_resample_rows` for an accelerator, without the shift: the rows that share a factor are resampled together
+    with two 1-D `index_select`s and one lerp; factor 1 rows are copied. Each row's last sample is repeated after
+    it, which gives the positions between its last sample and its end the value the general case clamps them to."""
+    b, t = wave.shape
+    x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
+    x = torch.nn.functional.pad(x, (0, 1))
+    has = torch.nonzero(lengths > 0, as_tuple=True)[0]
+    x[has, lengths[has]] = x[has, lengths[has] - 1]
+    out = torch.zeros((b, width), dtype=x.dtype, device=x.device)
+    for k in torch.unique(pick).tolist():
+        rows = torch.nonzero(pick == k, as_tuple=True)[0]
+        w = int(new_len[rows].max())
+        if w == 0:
+            continue
+        factor = float(choices[k])
+        if factor == 1.0:
+            out[rows, :w] = x[rows, :w]
+            continue
+        pos = torch.arange(w, device=x.device, dtype=torch.float32) * torch.tensor(factor, dtype=torch.float32)
+        i0 = pos.floor().to(torch.long).clamp_max(t)
+        i1 = (i0 + 1).clamp_max(t)
+        frac = (pos - i0.to(torch.float32)).to(x.dtype)
+        xs = x.index_select(0, rows)
+        out[rows, :w] = torch.lerp(xs.index_select(1, i0), xs.index_select(1, i1), frac)
+    return out.to(wave.dtype)
 
 
 def _resample_rows(wave: Tensor, lengths: Tensor, pick: list[int], choices: Tensor, new_len: Tensor,
@@ -255,7 +307,7 @@ def random_gain(
 ) -> Tensor:
     """Each clip (with probability p) multiplied by 10^(g/20), g uniform in `gain_db`."""
     scale = _draw_gain(wave.shape[0], gen, gain_db, p, wave.device).to(wave.dtype)
-    return _zero_tails_(wave * scale.unsqueeze(1), lengths.tolist())
+    return _zero_tails_(wave * scale.unsqueeze(1), lengths)
 
 
 def _draw_gain(b: int, gen: torch.Generator, gain_db: Range, p: float, device) -> Tensor:
@@ -306,22 +358,33 @@ def _add_noise(wave: Tensor, lengths: Tensor, gen: torch.Generator, snr_db: Rang
     snr = uniform((b,), lo, hi, gen, wave.device)
     apply = _coin(b, p, gen, wave.device)
     if noises is None:
-        sources, pick = None, [0] * b
+        pick = [0] * b
     else:
         pick = randint_below(torch.full((b,), len(noises) - 1, dtype=torch.long), gen).tolist()
     sizes = torch.tensor([t if noises is None else int(noises[k].numel()) for k in pick], dtype=torch.long)
-    offset = randint_below((sizes - 1).clamp_min(0), gen).tolist()
-    n_of = lengths.clamp(0, t).tolist()
+    offset = randint_below((sizes - 1).clamp_min(0), gen)
+    lengths = lengths.clamp(0, t)
     x = _zero_tails_(wave.to(torch.float32, copy=True) if gain is None else
-                     wave.float() * gain.to(device=wave.device, dtype=wave.dtype).float().unsqueeze(1), n_of)
-    rows = [r for r, on in enumerate(apply.tolist()) if on and n_of[r] > 0]  # the only clips worked on below
-    if not rows:
+                     wave.float() * gain.to(device=wave.device, dtype=wave.dtype).float().unsqueeze(1), lengths)
+    gets = apply & (lengths > 0)  # the only clips worked on below
+    if not bool(gets.any()):
         return x.to(wave.dtype)
     if noises is None:
         _check_gen(gen)
         sources = [torch.randn(t, generator=gen, device=_device(gen)).to(wave.device)]
     else:
         sources = [n.reshape(-1).to(device=wave.device, dtype=torch.float32) for n in noises]
+    if _row_wise(x):
+        _add_noise_rows(x, lengths.tolist(), gets.tolist(), snr.tolist(), sources, pick, offset.tolist())
+    else:
+        _add_noise_batched(x, lengths, gets, snr, sources, pick, offset.to(x.device))
+    return x.to(wave.dtype)
+
+
+def _add_noise_rows(x: Tensor, n_of: list[int], gets: list[bool], snr: list[float], sources: list[Tensor],
+                    pick: list[int], offset: list[int]) -> None:
+    """In place, clip by clip: each noisy clip plus its window of its source, scaled to its SNR."""
+    rows = [r for r, on in enumerate(gets) if on]
     windows = [circular_window(sources[pick[r]], offset[r], n_of[r]) for r in rows]
     # the powers of every clip and window that gets noise, in one transfer (float32 dots: the SNR within ~1e-5 dB)
     dots = torch.stack([d for r, w in zip(rows, windows, strict=True)
@@ -329,8 +392,28 @@ def _add_noise(wave: Tensor, lengths: Tensor, gen: torch.Generator, snr_db: Rang
     for j, (r, w) in enumerate(zip(rows, windows, strict=True)):
         p_signal, p_noise = dots[2 * j], dots[2 * j + 1]
         if p_signal > 0 and p_noise > 0:
-            x[r, : n_of[r]].add_(w, alpha=math.sqrt(p_signal / (p_noise * 10.0 ** (float(snr[r]) / 10.0))))
-    return x.to(wave.dtype)
+            x[r, : n_of[r]].add_(w, alpha=math.sqrt(p_signal / (p_noise * 10.0 ** (snr[r] / 10.0))))
+
+
+def _add_noise_batched(x: Tensor, lengths: Tensor, gets: Tensor, snr: Tensor, sources: list[Tensor],
+                       pick: list[int], offset: Tensor) -> None:
+    """`_add_noise_rows` for an accelerator: the windows gathered for all noisy clips at once."""
+    t = x.shape[1]
+    rows = torch.nonzero(gets, as_tuple=True)[0]
+    pos = torch.arange(t, device=x.device).unsqueeze(0) + offset.index_select(0, rows).unsqueeze(1)
+    if len(sources) == 1:
+        noise = sources[0][torch.remainder(pos, sources[0].numel())]
+    else:
+        picked = [pick[r] for r in rows.tolist()]
+        noise = torch.stack([sources[k][torch.remainder(pos[j], sources[k].numel())] for j, k in enumerate(picked)])
+    noise = _zero_tails_(noise, lengths.index_select(0, rows))
+    xr = x.index_select(0, rows)
+    p_signal = torch.linalg.vecdot(xr, xr).double()
+    p_noise = torch.linalg.vecdot(noise, noise).double()
+    ok = (p_signal > 0) & (p_noise > 0)
+    scale = torch.sqrt(p_signal / (p_noise.clamp_min(1e-30) * torch.pow(10.0, snr.index_select(0, rows) / 10.0)))
+    scale = torch.where(ok, scale, torch.zeros_like(scale)).to(torch.float32)
+    x.index_add_(0, rows, noise * scale.unsqueeze(1))
 
 
 # -- log-mel -------------------------------------------------------------------------------------------------
@@ -390,28 +473,20 @@ def spec_augment(
 ) -> Tensor:
     """SpecAugment on [B, n_mels, F]: frequency and time masks (see `specaugment_masks`), filled with the
     clip's mean over its real cells (`fill="mean"`) or 0 (`fill="zero"`). `feats`' padding frames must be 0, as
-    the front end makes them; they stay 0. The masks are written as slices of a copy, row by row."""
+    the front end makes them; they stay 0."""
     if fill not in ("mean", "zero"):
         raise ValueError(f"spec_augment: fill must be 'mean' or 'zero', got {fill!r}")
     b, n_mels, n_frames = feats.shape
     frame_lengths = frame_lengths.to(device=feats.device, dtype=torch.long)
-    fs, fw = draw_mask_intervals(  # the draws of `specaugment_masks`, in its order
-        torch.full((b,), n_mels, dtype=torch.long, device=feats.device), freq_masks, freq_width, gen
+    fmask, tmask = specaugment_masks(
+        n_mels, frame_lengths, n_frames, gen, freq_masks, freq_width, time_masks, time_width
     )
-    ts, tw = draw_mask_intervals(frame_lengths.clamp_max(n_frames), time_masks, time_width, gen)
+    real = lengths_to_mask(frame_lengths, n_frames)  # [B, F]
+    masked = (fmask.unsqueeze(2) & real.unsqueeze(1)) | tmask.unsqueeze(1)
     if fill == "mean":  # the padding is 0 (the front end's contract), so a plain sum is the sum over real cells
         value = (feats.sum((1, 2), dtype=torch.float32) / (frame_lengths.clamp_min(1) * n_mels)).to(feats.dtype)
-        values = value.tolist()
-    else:
-        values = [0.0] * b
-    out = feats.clone()
-    n_of = frame_lengths.clamp_max(n_frames).tolist()
-    for r, (f0, fw_, t0, tw_) in enumerate(zip(fs.tolist(), fw.tolist(), ts.tolist(), tw.tolist(), strict=True)):
-        for start, width in zip(f0, fw_, strict=True):
-            out[r, start : start + width, : n_of[r]] = values[r]
-        for start, width in zip(t0, tw_, strict=True):
-            out[r, :, start : start + width] = values[r]
-    return out
+        return torch.where(masked, value.view(b, 1, 1), feats)
+    return feats.masked_fill(masked, 0)
 
 
 # -- mixup ---------------------------------------------------------------------------------------------------
@@ -542,7 +617,7 @@ class AudioAugment:
         if self.gain_db is not None:
             gain = _draw_gain(wave.shape[0], gen, self.gain_db, self.gain_p, wave.device)
             if self.noise_snr_db is None:
-                wave = _zero_tails_(wave * gain.to(wave.dtype).unsqueeze(1), lengths.tolist())
+                wave = _zero_tails_(wave * gain.to(wave.dtype).unsqueeze(1), lengths)
         if self.noise_snr_db is not None:  # the gain, when on, applied by the noise step's copy
             wave = _add_noise(wave, lengths, gen, self.noise_snr_db, self.noises, self.noise_p, gain)
         return wave, lengths
