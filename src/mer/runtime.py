@@ -40,10 +40,11 @@ def tune_allocator() -> bool:
     """Keep freed memory in the process (glibc malloc): tensors up to 1 GiB come from the heap, not from a fresh
     `mmap` each, and freed memory is not handed back to the system after every large tensor. By default glibc maps
     every block over its threshold anew and unmaps it when freed, so each new [batch, samples] tensor of a CPU step
-    page-faults all its pages in again: turning that off makes the CPU front end and `cnn_small` training 15-25 %
-    faster (BENCHMARKS.md). The process keeps its peak memory (it does not shrink between steps). Skipped when the
-    caller set glibc's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, or `MER_TUNE_MALLOC=0`; a no-op off
-    glibc Linux. Returns whether the settings were applied."""
+    page-faults all its pages in again: turning that off makes `cnn_small` train ~1.6x faster on the CPU
+    (BENCHMARKS.md). Memory then stays in the process within an epoch; the training loop gives it back after each
+    epoch (`release_free_memory`). Skipped when the caller set glibc's own MALLOC_MMAP_THRESHOLD_ /
+    MALLOC_TRIM_THRESHOLD_, or `MER_TUNE_MALLOC=0`; a no-op off glibc Linux. Returns whether the settings were
+    applied."""
     if not sys.platform.startswith("linux") or os.environ.get("MER_TUNE_MALLOC", "1") == "0":
         return False
     if any(name in os.environ for name in _ALLOCATOR_ENV):
@@ -51,7 +52,7 @@ def tune_allocator() -> bool:
     global _tuned_libc
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, _ = libc.mallopt, libc.malloc_trim
+        mallopt, _ = libc.mallopt, libc.malloc_trim  # glibc has both (release_free_memory needs the second)
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
