@@ -28,8 +28,8 @@ mixed one-hot targets; `MixupResult.loss(criterion, logits)` the mixed loss).
 `AudioAugment` holds a set of these settings (no config dependency) with `apply_wave`, `apply_spec` and
 `apply_mixup`; a setting left at None (or a count of 0) switches that augmentation off. `apply_wave` gives what the
 steps give one after the other, with fewer passes over the batch (the shift written by the resampling, the gain by
-the noise step's copy). The steps work clip by clip on slices (memory-speed copies, no index tensors as large as
-the batch), which is what makes them cheap on a CPU.
+the noise step's copy). On the CPU the waveform steps work clip by clip on slices (memory-speed copies, no index
+tensors as large as the batch); on an accelerator on the whole batch (`_row_wise`), with the same output.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ def _draw_gain(b: int, gen: torch.Generator, gain_db: Range, p: float, device) -
     return torch.where(apply, torch.pow(10.0, g / 20.0), torch.ones_like(g))
 
 
-def circular_window(src: Tensor, offset: int, n: int) -> Tensor:
+def _circular_window(src: Tensor, offset: int, n: int) -> Tensor:
     """n samples of the 1-D `src` read from `offset` on, wrapping around (tiled when n exceeds its length)."""
     size = src.numel()
     offset %= size
@@ -385,7 +385,7 @@ def _add_noise_rows(x: Tensor, n_of: list[int], gets: list[bool], snr: list[floa
                     pick: list[int], offset: list[int]) -> None:
     """In place, clip by clip: each noisy clip plus its window of its source, scaled to its SNR."""
     rows = [r for r, on in enumerate(gets) if on]
-    windows = [circular_window(sources[pick[r]], offset[r], n_of[r]) for r in rows]
+    windows = [_circular_window(sources[pick[r]], offset[r], n_of[r]) for r in rows]
     # the powers of every clip and window that gets noise, in one transfer (float32 dots: the SNR within ~1e-5 dB)
     dots = torch.stack([d for r, w in zip(rows, windows, strict=True)
                         for d in (x[r, : n_of[r]].dot(x[r, : n_of[r]]), w.dot(w))]).tolist()
