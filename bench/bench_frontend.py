@@ -1,7 +1,8 @@
 """Benchmark: the batched torch log-mel front end (+ training augmentation) against a per-clip librosa loop (clips/s).
 
 `--clips` synthetic 16 kHz clips (harmonic tones with vibrato + noise, lengths uniform in [1, 6] s, seeded) are
-turned into 80-bin log-mels three ways, each timed `--repeats` times (the median is reported):
+turned into 80-bin log-mels three ways, each timed about `--repeats` times in three rounds that take turns (the
+median is reported; see `timed_in_turn`):
 
 - `librosa`: `np.log(librosa.feature.melspectrogram(y=clip, sr=16000, n_fft=400, hop_length=160, n_mels=80,
   fmin=0, fmax=8000, pad_mode="reflect") + 1e-6)`, clip by clip (what a per-clip data pipeline does);
@@ -10,7 +11,8 @@ turned into 80-bin log-mels three ways, each timed `--repeats` times (the median
 - `torch_aug`: the waveform augmentation of the training configs (speed 0.9/1.0/1.1, shift, gain, noise at
   10-30 dB SNR), then the front end, then SpecAugment (2 frequency x 8 bins, 2 time x 20 frames).
 
-torch runs on `--threads` threads (default 2, the CPU of the figures); librosa's FFTs are numpy's (one thread).
+torch runs on `--threads` threads (default 2, the CPU of the figures); librosa's FFTs are numpy's (one thread), its
+mel product on one BLAS thread (see `librosa_loop`).
 Prints one JSON line and one human line.
 
     PYTHONPATH=src python bench/bench_frontend.py [--clips 256] [--batch-size 32] [--threads 2] [--repeats 5]
@@ -47,10 +49,15 @@ def make_clips(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def librosa_loop(clips: list[np.ndarray]) -> list[np.ndarray]:
+    """The per-clip librosa loop, its BLAS (the mel product) on one thread: as fast as on two here (755 vs 758
+    clips/s), and two OpenBLAS threads keep spinning after each call, which halved the speed of the torch code run
+    after it in this process (1,703 vs 3,037 clips/s)."""
     import librosa
+    from threadpoolctl import threadpool_limits
 
-    return [np.log(librosa.feature.melspectrogram(y=c, sr=SR, n_fft=400, hop_length=160, n_mels=80, fmin=0.0,
-                                                  fmax=8000.0, pad_mode="reflect") + 1e-6) for c in clips]
+    with threadpool_limits(1, user_api="blas"):
+        return [np.log(librosa.feature.melspectrogram(y=c, sr=SR, n_fft=400, hop_length=160, n_mels=80, fmin=0.0,
+                                                      fmax=8000.0, pad_mode="reflect") + 1e-6) for c in clips]
 
 
 def batches(clips: list[np.ndarray], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -66,15 +73,21 @@ def batches(clips: list[np.ndarray], batch_size: int) -> list[tuple[torch.Tensor
     return out
 
 
-def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed_in_turn(fns: list, repeats: int, device: torch.device = torch.device("cpu"), cycles: int = 3) -> list[float]:
+    """Median seconds of each of `fns`: `cycles` rounds, each running every fn once untimed, then `repeats` timed.
+    Taking turns gives every candidate the same share of a shared machine's changing load; the untimed run after
+    each switch absorbs what the previous candidate leaves behind (e.g. thread pools waking up)."""
+    times = [[] for _ in fns]
+    for _ in range(cycles):
+        for fn, acc in zip(fns, times, strict=True):
+            for k in range(repeats + 1):
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if k:
+                    acc.append(time.perf_counter() - t0)
+    return [statistics.median(acc) for acc in times]
 
 
 def main() -> int:
@@ -118,11 +131,8 @@ def main() -> int:
     order = sorted(range(8), key=lambda i: -clips[i].size)
     gap = max(float(np.abs(feats[j, :, : int(frames[j])].numpy() - ref[i]).max()) for j, i in enumerate(order))
 
-    run_torch()  # warm-up
-    t_librosa = timed(lambda: librosa_loop(clips), max(1, args.repeats // 2))
-    t_torch = timed(run_torch, args.repeats, device)
-    run_aug()  # warm-up
-    t_aug = timed(run_aug, args.repeats, device)
+    t_librosa, t_torch, t_aug = timed_in_turn([lambda: librosa_loop(clips), run_torch, run_aug],
+                                              max(1, args.repeats // 3), device)
     audio_s = sum(c.size for c in clips) / SR
     result = {"bench": "frontend", "clips": args.clips, "audio_s": round(audio_s, 1), "batch_size": args.batch_size,
               "threads": args.threads, "device": args.device, "librosa_clips_per_s": round(args.clips / t_librosa, 1),

@@ -76,6 +76,24 @@ def test_spec_augment_masks_only_real_frames():
     assert torch.all(zero[masked] == 0)
 
 
+@pytest.mark.parametrize("fill", ["mean", "zero"])
+def test_spec_augment_writes_the_same_cells_on_the_cpu_and_on_accelerators(monkeypatch, fill):
+    """On the CPU the masked cells are written by index into a copy; on an accelerator two broadcast selects (no
+    reads of device values). Forced onto the accelerator code here: the same output, the input untouched."""
+    from mer.models import audio_augment
+
+    fl = torch.tensor([120, 50, 7, 0])
+    feats = (torch.randn(4, 40, 120) - 5.0) * (torch.arange(120) < fl.view(-1, 1, 1))
+    before = feats.clone()
+    for seed in range(4):
+        rows = spec_augment(feats, fl, gen(seed), 3, 10, 3, 30, fill=fill)
+        with monkeypatch.context() as m:
+            m.setattr(audio_augment, "_row_wise", lambda _x: False)
+            batched = spec_augment(feats, fl, gen(seed), 3, 10, 3, 30, fill=fill)
+        assert torch.equal(rows, batched) and not torch.equal(rows, feats)
+        assert torch.equal(feats, before)
+
+
 # -- waveform ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("snr", [0.0, 7.5, 20.0])
 def test_white_noise_realises_the_asked_snr(snr):
@@ -137,6 +155,19 @@ def test_crop_shift_and_speed_keep_lengths_consistent():
     ]
     for i, n in enumerate(sl.tolist()):
         assert torch.all(s[i, n:] == 0)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1, 0.8, 1.25, 1.05])
+def test_listed_speed_factors_sample_at_exact_positions(factor):
+    """Sample i of a clip played `factor` times faster is x(i * factor): on a float64 ramp the output is i * factor
+    to rounding (positions past the last sample take it), and the padding stays 0."""
+    lengths = torch.tensor([16000, 9001, 3])
+    x = torch.arange(16000, dtype=torch.float64).repeat(3, 1) * (torch.arange(16000) < lengths.unsqueeze(1))
+    y, yl, _ = speed_perturb(x, lengths, gen(), factors=(factor,))
+    for i, (n, m) in enumerate(zip(lengths.tolist(), yl.tolist(), strict=True)):
+        expect = (torch.arange(m, dtype=torch.float64) * factor).clamp_max(n - 1)
+        torch.testing.assert_close(y[i, :m], expect, rtol=0, atol=1e-9)
+        assert torch.all(y[i, m:] == 0)
 
 
 # -- mixup ---------------------------------------------------------------------------------------------------

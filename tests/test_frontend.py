@@ -107,6 +107,21 @@ def test_frame_lengths_and_mask():
         assert torch.all(feats[i][:, frames < fl[i]] != 0)
 
 
+def test_differentiable_in_the_wave_and_the_same_with_or_without_a_graph():
+    """Without autograd the front end works in place on its own intermediate tensors; with a wave that requires
+    grad it builds a graph instead: the same features, and a gradient that reaches the real samples only."""
+    fe = LogMelFrontend()
+    wave, lengths = _batch(_clips([8000, 5000], seed=2), pad_value=0.3)
+    with torch.no_grad():
+        plain, _ = fe(wave, lengths)
+    w = wave.clone().requires_grad_(True)
+    feats, fl = fe(w, lengths)
+    torch.testing.assert_close(feats, plain, rtol=0, atol=0)
+    feats.sum().backward()
+    assert torch.isfinite(w.grad).all() and bool(w.grad[1, :5000].abs().sum() > 0)
+    assert torch.all(w.grad[1, 5000:] == 0)
+
+
 @pytest.mark.parametrize("mode", ["mean", "mean_var"])
 def test_per_utterance_normalisation_uses_real_frames_only(mode):
     fe_raw, fe = LogMelFrontend(), LogMelFrontend(normalize=mode)
