@@ -150,17 +150,21 @@ class LogMelFrontend(nn.Module):
         span = lengths.to(torch.long) + 2 * (self.n_fft // 2) - self.n_fft
         return (1 + torch.div(span, self.hop, rounding_mode="floor")).clamp_min(0)
 
-    def _centre_pad(self, wave: Tensor, lengths: Tensor) -> Tensor:
+    def _centre_pad(self, wave: Tensor, lengths: Tensor, graph: bool = True) -> Tensor:
         """[B, T] -> [B, T + 2 * (n_fft // 2)]: each clip padded on both sides from its own samples; the
-        positions past a clip's own right pad hold anything (uninitialised memory, the batch's padding): they only
-        feed frames the caller zeroes."""
+        positions past a clip's own right pad only feed frames the caller zeroes. Without a `graph` they hold
+        anything (the batch's padding, uninitialised memory); with one, zeros past the batch (a frame the forward
+        pass zeroes still passes its gradient, 0 times its values, to the samples it shares with the clip)."""
         pad = self.n_fft // 2
         b, t = wave.shape
         if self.pad_mode == "constant":
             return nn.functional.pad(wave, (pad, pad))
         if b and int(lengths.min()) > pad:  # one reflection per edge: gather only the edges
-            out = wave.new_empty((b, t + 2 * pad))
-            out[:, pad : pad + t] = wave
+            if graph:
+                out = nn.functional.pad(wave, (pad, pad))
+            else:
+                out = wave.new_empty((b, t + 2 * pad))
+                out[:, pad : pad + t] = wave
             out[:, :pad] = wave[:, 1:pad + 1].flip(-1)
             k = torch.arange(pad, device=wave.device).unsqueeze(0)
             ends = lengths.to(torch.long).unsqueeze(1)
@@ -179,12 +183,14 @@ class LogMelFrontend(nn.Module):
         lengths = torch.as_tensor(lengths, device=wave.device).to(torch.long).clamp(0, wave.shape[1])
         with torch.autocast(device_type=wave.device.type, enabled=False):
             x = wave.float()
-            if self.pad_mode == "constant":  # its right pad is the batch's padding: zeros, whatever was there
+            graph = torch.is_grad_enabled() and x.requires_grad  # else the new tensors below are changed in place
+            if self.pad_mode == "constant" or graph:  # the batch's padding made zeros, whatever was there
                 x = torch.where(lengths_to_mask(lengths, x.shape[1]), x, torch.zeros((), dtype=x.dtype,
                                                                                       device=x.device))
-            # (reflect: every real frame reads the clip's own samples and its reflections only; frames past the
-            # clip, which may read the batch's padding, NaN included, are zeroed below)
-            x = self._centre_pad(x, lengths)
+            # (reflect without a graph: every real frame reads the clip's own samples and its reflections only;
+            # frames past the clip, which may read the batch's padding, NaN included, are zeroed below. With a
+            # graph those frames pass 0 times their values back to the samples they share with the clip: finite.)
+            x = self._centre_pad(x, lengths, graph)
             spec = torch.stft(
                 x,
                 self.n_fft,
@@ -194,7 +200,6 @@ class LogMelFrontend(nn.Module):
                 center=False,
                 return_complex=True,
             )  # [B, K, F]
-            graph = torch.is_grad_enabled() and x.requires_grad  # else the new tensors below are changed in place
             if self.power == 2.0:  # |X|^2 = re^2 + im^2: no square root (abs) then square
                 ri = torch.view_as_real(spec)
                 sq = ri * ri if graph else ri.square_()  # in place: ~10% of the front end (no new 4.5M floats)
