@@ -152,7 +152,7 @@ def test_transcribe_cli_fills_a_manifest(env, tmp_path, capsys):
     assert "0 transcribed, 2 from the cache" in capsys.readouterr().out
 
 
-def test_bad_asr_model_or_language_is_one_line(env, tmp_path, capsys):
+def test_bad_asr_model_or_language_is_one_line(env, tmp_path, capsys, one_line_error):
     from mer.models.tiny_whisper import make_tiny_whisper
 
     manifest = tmp_path / "m.jsonl"
@@ -162,14 +162,14 @@ def test_bad_asr_model_or_language_is_one_line(env, tmp_path, capsys):
                           (manifest, "not a folder")]:
         assert run_cli(transcribe_cli.main, ["--manifest", str(manifest), "--out", str(tmp_path / "o.jsonl"),
                                              "--asr", str(model)]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"error: --asr {model}") and expect in err and err.count("\n") == 1, err
+        err = one_line_error(prefix=f"error: --asr {model}")
+        assert expect in err, err
     assert run_cli(transcribe_cli.main, ["--manifest", str(manifest), "--out", str(tmp_path / "o.jsonl"),
                                          "--asr", str(env["whisper"]), "--asr-language", "klingon"]) == 2
     assert "not a Whisper language" in capsys.readouterr().err
 
 
-def test_predict_with_asr_end_to_end(env, tmp_path, capsys, calls):
+def test_predict_with_asr_end_to_end(env, tmp_path, capsys, calls, one_line_error):
     data = tmp_path / "data"
     manifest = make_tone_manifest(data, per_split={"train": 3, "val": 2, "test": 2})
     extract_mfcc_hash(manifest, tmp_path / "mfcc", memmap=tmp_path / "mfcc_mm", n_mfcc=13, text_dim=64, jobs=1,
@@ -221,5 +221,4 @@ def test_predict_with_asr_end_to_end(env, tmp_path, capsys, calls):
     assert f"0 transcribed, {len(missing)} from the cache" in capsys.readouterr().out
 
     assert run_cli(predict_cli.main, [*base, "--asr", str(tmp_path / "nope")]) == 2  # a bad ASR model: one line
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: --asr {tmp_path / 'nope'}") and err.count("\n") == 1
+    one_line_error(prefix=f"error: --asr {tmp_path / 'nope'}")

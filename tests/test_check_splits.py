@@ -135,11 +135,10 @@ def test_shared_transcripts_listed(tmp_path, capsys):
     assert "| RAVDESS | test  |             2 |    2 | 100.0% |" in out
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, one_line_error):
     missing = tmp_path / "nope.jsonl"
     assert _run([str(missing)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {missing}: manifest not found")
+    one_line_error(prefix=f"error: {missing}: manifest not found")
 
     rows = clean_rows()
     del rows[3]["split"]

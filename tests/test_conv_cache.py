@@ -157,15 +157,15 @@ def test_a_run_with_the_cache_trains_as_one_without_it(tmp_path, wavlm):
     ({"conv_cache_mb": -1}, {}, "model.hf.conv_cache_mb': expected >= 0 MiB"),
     ({"conv_cache_mb": 16}, {"shards": "somewhere"}, "'model.hf.conv_cache_mb' and 'data.shards'"),
 ])
-def test_a_config_that_cannot_use_the_cache_is_one_line(tmp_path, wavlm, capsys, hf, data, message):
+def test_a_config_that_cannot_use_the_cache_is_one_line(tmp_path, wavlm, one_line_error, hf, data, message):
     manifest = make_tone_manifest(tmp_path / "data", per_split={"train": 1, "val": 1, "test": 1})
     path = _config(tmp_path, manifest, wavlm, "bad", **hf)
     cfg = yaml.safe_load(path.read_text())
     cfg["data"].update(data)
     path.write_text(yaml.safe_dump(cfg))
     assert run_cli(train_cli.main, ["--config", str(path)]) != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    err = one_line_error()
+    assert message in err, err
     assert not (tmp_path / "runs").exists()
 
 

@@ -115,13 +115,13 @@ def test_a_dimensional_only_task_and_bad_heads_configs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("loss", ["ccc", "mse"])
-def test_a_dimensional_loss_named_as_the_categorical_loss_is_a_one_line_error(tmp_path, capsys, loss):
+def test_a_dimensional_loss_named_as_the_categorical_loss_is_a_one_line_error(tmp_path, one_line_error, loss):
     with pytest.raises(UserError, match=rf"'{loss}' does not fit the categorical head: CCC/MSE are dimensional losses, "
                                         rf"set with model\.heads\.dim_loss"):
         validate({"train": {"loss": {"name": loss}}})
     path = config(tmp_path, tmp_path / "no_store_needed", "badloss")  # refused before any data is read
     assert run_cli(train_cli.main, ["--config", str(path), "--set", f"train.loss.name={loss}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "train.loss.name" in err[0] and "model.heads.dim_loss" in err[0]
+    err = one_line_error()
+    assert "train.loss.name" in err and "model.heads.dim_loss" in err
     with pytest.raises(UserError, match="expected one of 'ce'"):  # any other name: the generic list, as before
         validate({"train": {"loss": {"name": "hinge"}}})

@@ -100,14 +100,15 @@ def test_an_augmented_run_trains_and_says_what_it_applies(tmp_path, env):
     ("A", {"freq_masks": 2}, {}, "SpecAugment acts on the log-mel"),
     ("A", {"gain_db": [-3.0, 3.0]}, {"conv_cache_mb": 8}, "'model.hf.conv_cache_mb' and 'train.augment.gain_db'"),
 ])
-def test_augmentation_that_cannot_apply_is_one_line(tmp_path, env, capsys, mode, augment, hf, message):
+def test_augmentation_that_cannot_apply_is_one_line(tmp_path, env, one_line_error, mode, augment, hf,
+                                                    message):
     path = _config(tmp_path, env, "bad", mode, **augment)
     cfg = yaml.safe_load(path.read_text())
     cfg["model"]["hf"].update(hf)
     path.write_text(yaml.safe_dump(cfg))
     assert run_cli(train_cli.main, ["--config", str(path)]) != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    err = one_line_error()
+    assert message in err, err
     assert not (tmp_path / "runs").exists()
 
 

@@ -108,13 +108,13 @@ def test_combine_rules_by_hand():
     np.testing.assert_allclose(combine(p, np.array([1.0, 1.0]), "logprob"), [g / g.sum()])
 
 
-def test_members_with_other_folds_or_without_validation_are_refused_or_equal(members, toy, capsys):  # noqa: F811
+def test_members_with_other_folds_or_without_validation_are_refused_or_equal(members, toy,  # noqa: F811
+                                                                             capsys, one_line_error):
     tmp, strong, _ = members
     other = _cv(tmp, toy["store"], "other", {"kind": "logreg", "Cs": [1.0]}, scheme="speakers:5")
     out = tmp / "ens_bad"
     assert run_cli(ensemble_cli.main, [str(strong), str(other), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different folds" in err[0] and not out.exists()
+    assert "different folds" in one_line_error() and not out.exists()
     assert run_cli(ensemble_cli.main, [str(strong), "--out", str(out)]) == 2
     assert "at least two members" in capsys.readouterr().err
     # a member without validation predictions: equal weights, and the report says why

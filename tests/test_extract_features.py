@@ -138,12 +138,6 @@ def extract(manifest: Path, out: Path, *extra: str) -> int:
     )
 
 
-def one_line_error(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
-    assert len(err) == 1, err
-    return err[0]
-
-
 def test_store_rows_features_and_report(corpus, tmp_path, capsys):
     out = tmp_path / "store"
     assert extract(corpus, out) == 0
@@ -236,15 +230,15 @@ def test_rerun_skips_done_rows_and_a_killed_run_resumes(corpus, tmp_path, monkey
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-4)
 
 
-def test_mismatched_rerun_is_refused_until_overwrite(corpus, tmp_path, capsys):
+def test_mismatched_rerun_is_refused_until_overwrite(corpus, tmp_path, capsys, one_line_error):
     out = tmp_path / "store"
     assert extract(corpus, out) == 0
     capsys.readouterr()
     assert extract(corpus, out, "--n-mfcc", "13") == 2
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert "settings.n_mfcc: store has 40, this run gives 13" in msg and "--overwrite" in msg
     assert extract(corpus, out, "--ngram", "1,3") == 2
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert "settings.ngram_range: store has [1, 2], this run gives [1, 3]" in msg and "--overwrite" in msg
     assert FeatureStoreReader(out).audio_dim == 80  # untouched
 
@@ -272,19 +266,19 @@ def test_worker_processes_and_memmap_give_the_same_rows(corpus, tmp_path):
     assert (mm / "audio.f32").stat().st_mtime_ns == stamp
 
 
-def test_bad_input_is_one_line_and_writes_no_store(corpus, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_no_store(corpus, tmp_path, capsys, one_line_error):
     assert extract(tmp_path / "nope.jsonl", tmp_path / "s1") == 2
-    assert "nope.jsonl" in one_line_error(capsys) and not (tmp_path / "s1").exists()
+    assert "nope.jsonl" in one_line_error() and not (tmp_path / "s1").exists()
     assert extract(corpus, tmp_path / "s2", "--ngram", "two") == 2
-    assert "--ngram 'two'" in one_line_error(capsys)
+    assert "--ngram 'two'" in one_line_error()
     assert extract(corpus, tmp_path / "s3", "--n-mfcc", "0") == 2
-    assert "--n-mfcc 0" in one_line_error(capsys)
+    assert "--n-mfcc 0" in one_line_error()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert extract(corpus, tmp_path / "s4", "--memmap", str(tmp_path / "busy")) == 2
-    assert "is not a memmap folder" in one_line_error(capsys) and not (tmp_path / "s4").exists()
+    assert "is not a memmap folder" in one_line_error() and not (tmp_path / "s4").exists()
     assert extract(corpus, tmp_path / "busy") == 2  # a folder of other files is never used as a store
-    assert "not a feature store" in one_line_error(capsys)
+    assert "not a feature store" in one_line_error()
 
     broken = tmp_path / "broken" / "meta_manifest.jsonl"
     broken.parent.mkdir()
@@ -292,7 +286,7 @@ def test_bad_input_is_one_line_and_writes_no_store(corpus, tmp_path, capsys):
         "".join(line + "\n" for line in corpus.read_text().splitlines() if any(rid in line for rid in FAILED))
     )
     assert extract(broken, tmp_path / "s5") == 2
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert "no clip could be used" in msg and "extract_report.json" in msg
     assert len(json.loads((tmp_path / "s5" / "extract_report.json").read_text())["failures"]) == 4
     with pytest.raises(SystemExit) as exc:

@@ -251,7 +251,7 @@ def test_read_manifest_and_hash(tmp_path):
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------------
-def test_cli_builds_then_skips_and_reports_errors(tmp_path, capsys):
+def test_cli_builds_then_skips_and_reports_errors(tmp_path, capsys, one_line_error):
     path = make_store(tmp_path, 15, 3, 2)
     out = tmp_path / "mm"
     assert run_cli(build_memmap_main, ["--store", str(path), "--out", str(out), "--quiet"]) == 0
@@ -260,8 +260,7 @@ def test_cli_builds_then_skips_and_reports_errors(tmp_path, capsys):
     assert run_cli(build_memmap_main, ["--store", str(path), "--out", str(out), "--quiet"]) == 0
     assert "up to date" in capsys.readouterr().out
     assert run_cli(build_memmap_main, ["--store", str(tmp_path / "none"), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "none: feature store folder not found" in err
+    assert "none: feature store folder not found" in one_line_error()
     with pytest.raises(SystemExit) as exc:
         build_memmap_main(["--help"])
     assert exc.value.code == 0

@@ -305,14 +305,14 @@ def test_cross_validation_runs_a_frame_config_over_the_manifest(env, tmp_path, c
     ("bad range", {"train": {"augment": {"gain_db": [6.0, -6.0]}}}, "train.augment.gain_db"),
 ])
 def test_bad_input_is_one_line_exit_2_before_a_run_folder_exists(env, encoders, tmp_path, capsys, monkeypatch, case,
-                                                                 sections, expected):
+                                                                 sections, expected, one_line_error):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
     text = json.dumps(sections).replace('"WAVLM"', json.dumps(str(encoders["wavlm"])))
     cfg = write_config(tmp_path / "c.yaml", env["manifest"], **json.loads(text))
     capsys.readouterr()
     assert run_cli(train_cli.main, ["--config", str(cfg)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    err = one_line_error()
+    assert expected in err, err
     assert not (tmp_path / "runs").exists()
 
 
@@ -358,10 +358,10 @@ def test_dimensional_and_gender_heads_train_on_frames_and_groups_are_reported(en
     assert "--dims-scale '5,1': expected LO < HI" in capsys.readouterr().err
 
 
-def test_speaker_norm_is_refused_for_a_model_without_a_log_mel_front_end(env, tmp_path, capsys):
+def test_speaker_norm_is_refused_for_a_model_without_a_log_mel_front_end(env, tmp_path, one_line_error):
     config = write_config(tmp_path / "sn.yaml", env["manifest"], data={"speaker_norm": True},
                           model={"name": "ssl_bilstm_asp", "frame": {"ssl": {"encoder": str(tmp_path / "none")}}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "data.speaker_norm" in err[0] and "ssl_bilstm_asp" in err[0]
+    err = one_line_error()
+    assert "data.speaker_norm" in err and "ssl_bilstm_asp" in err
     assert not (tmp_path / "runs").exists()

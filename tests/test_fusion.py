@@ -66,12 +66,6 @@ def toy(tmp_path_factory) -> dict:
     return {"tmp": tmp, "runs": runs, "manifest": manifest, "fused": fused, "meta": meta}
 
 
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 def test_fusion_beats_both_components_and_is_a_run_like_folder(toy):
     fused, runs = toy["fused"], toy["runs"]
     best_single = max(_metric(runs["audio"], "test"), _metric(runs["text"], "test"))
@@ -173,7 +167,7 @@ def _candidate(root: Path, name: str, probs: np.ndarray, y: np.ndarray, params: 
     return folder
 
 
-def test_model_selection_breaks_ties_by_ece_then_simplicity(tmp_path, capsys):
+def test_model_selection_breaks_ties_by_ece_then_simplicity(tmp_path, one_line_error):
     y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
     pred = y.copy()
     pred[[0, 5]] = 1 - pred[[0, 5]]  # 8 of 10 right
@@ -199,10 +193,10 @@ def test_model_selection_breaks_ties_by_ece_then_simplicity(tmp_path, capsys):
     other = _candidate(tmp_path, "other", sure[:9], y[:9], params=1)
     assert run_cli(fusion_cli.main, ["select", str(cands[0]), str(other), "--view", "v", "--out",
                                      str(tmp_path / "x")]) == 2
-    assert "other rows or labels" in _one_line_error(capsys)
+    assert "other rows or labels" in one_line_error()
 
 
-def test_per_language_components_route_rows_and_count_the_others(toy, capsys):
+def test_per_language_components_route_rows_and_count_the_others(toy, one_line_error):
     runs, tmp = toy["runs"], toy["tmp"]
     comps = [f"{lang}:{role}={runs[role]}" for lang in ("en", "zh") for role in ("audio", "text")]
     out = tmp / "fused_lang"
@@ -226,13 +220,13 @@ def test_per_language_components_route_rows_and_count_the_others(toy, capsys):
     bad = ["fit", "--components", f"fr:audio={runs['audio']}", f"fr:text={runs['text']}", "--fit-view", "val",
            "--out", str(tmp / "x")]
     assert run_cli(fusion_cli.main, [*bad, "--manifest", str(toy["manifest"])]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error()
     assert "language 'fr' is not a value of 'language'" in err and "values: de, en, zh" in err
     assert run_cli(fusion_cli.main, bad) == 2
-    assert "give --manifest" in _one_line_error(capsys)
+    assert "give --manifest" in one_line_error()
     assert run_cli(fusion_cli.main, ["fit", "--components", f"en:audio={runs['audio']}", f"zh:text={runs['text']}",
                                      "--fit-view", "val", "--out", str(tmp / "x")]) == 2
-    assert "same roles" in _one_line_error(capsys)
+    assert "same roles" in one_line_error()
 
 
 def _copy_run(src: Path, dst: Path, edit) -> Path:
@@ -243,13 +237,13 @@ def _copy_run(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
-def test_bad_inputs_are_one_line_errors(toy, capsys):
+def test_bad_inputs_are_one_line_errors(toy, one_line_error):
     runs, tmp = toy["runs"], toy["tmp"]
     base = ["fit", "--fit-view", "val", "--out", str(tmp / "bad")]
 
     def fails(*components: str, extra: tuple[str, ...] = ()) -> str:
         assert run_cli(fusion_cli.main, [*base, "--components", *components, *extra]) == 2
-        return _one_line_error(capsys)
+        return one_line_error()
 
     relabel = _copy_run(runs["text"], tmp / "relabel", lambda ls: [ls[0].replace("prob_neutral", "prob_calm"),
                                                                   *ls[1:]])
@@ -261,17 +255,17 @@ def test_bad_inputs_are_one_line_errors(toy, capsys):
     assert "eval_testB/predictions.csv: not found" in err
     assert run_cli(fusion_cli.main, ["fit", "--components", f"audio={runs['audio']}", "--fit-view", "train",
                                      "--out", str(tmp / "bad")]) == 2
-    assert "--fit-view train: component" in _one_line_error(capsys)
+    assert "--fit-view train: component" in one_line_error()
     err = fails(f"audio={runs['audio']}", f"text={runs['text']}", extra=("--eval-view", "val"))
     assert "is the fit view" in err
     assert "not a run directory" in fails(f"audio={tmp / 'nope'}")
     assert "expected ROLE=RUN" in fails("audio")
     assert run_cli(fusion_cli.main, ["ablation", "--fusion", str(toy["fused"]), "--view", "val"]) == 2
-    assert "fit view" in _one_line_error(capsys)
+    assert "fit view" in one_line_error()
     assert not (tmp / "bad").exists()
 
 
-def test_extra_features_and_evaluating_a_fitted_fusion_again(toy, capsys):
+def test_extra_features_and_evaluating_a_fitted_fusion_again(toy, one_line_error):
     runs, tmp, meta = toy["runs"], toy["tmp"], toy["meta"]
     before = json.loads((toy["fused"] / "eval_test" / "metrics_eval.json").read_text())
     again = evaluate_fusion(toy["fused"], ["test"])["test"]
@@ -287,4 +281,4 @@ def test_extra_features_and_evaluating_a_fitted_fusion_again(toy, capsys):
     assert info["features"]["names"][-1] == "snr_db" and info["heads"]["*"]["in_dim"] == 15
     extra.write_text("\n".join(extra.read_text().splitlines()[:-1]) + "\n")  # the last row's id is gone
     assert run_cli(fusion_cli.main, ["evaluate", "--fusion", str(out), "--view", "test"]) == 2
-    assert "extra.csv: no row for id" in _one_line_error(capsys)
+    assert "extra.csv: no row for id" in one_line_error()

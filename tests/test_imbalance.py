@@ -161,7 +161,7 @@ def test_an_experiment_matrix_runs_every_experiment_and_seed_resumably(tmp_path,
     assert "unknown key 'sett'" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
-def test_a_matrix_judges_run_folders_as_a_suite_does(tmp_path, capsys):
+def test_a_matrix_judges_run_folders_as_a_suite_does(tmp_path, capsys, one_line_error):
     """A start that died before its first checkpoint is redone in its own folder (not in a `_2` beside it); a
     finished training with an evaluation missing is only evaluated; a folder that is neither stops the matrix
     before anything trains."""
@@ -196,6 +196,5 @@ def test_a_matrix_judges_run_folders_as_a_suite_does(tmp_path, capsys):
     (out / "a_seed0" / "eval_test" / "metrics_eval.json").unlink()
     capsys.readouterr()
     assert run_cli(matrix_cli.main, [str(path), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: run b_seed0: {out / 'b_seed0'} exists but is neither finished") and err.count("\n") == 1
+    one_line_error(prefix=f"error: run b_seed0: {out / 'b_seed0'} exists but is neither finished")
     assert not (out / "a_seed0" / "eval_test" / "metrics_eval.json").exists()  # refused before anything ran

@@ -108,13 +108,13 @@ def test_linear_baseline_is_a_run_equal_to_scikit_learn(tmp_path, toy):
     assert (run / "checkpoints" / "best.pt").read_bytes() == before
 
 
-def test_a_speaker_in_train_and_test_is_refused_unless_the_protocol_says_so(tmp_path, toy, capsys):
+def test_a_speaker_in_train_and_test_is_refused_unless_the_protocol_says_so(tmp_path, toy, one_line_error):
     views = {"train": {"split": ["train", "test"]}, "val": {"split": "val"}, "test": {"split": "test"}}
     config = write_config(tmp_path, toy["store"], data={"store": str(toy["store"]), "views": views,
                                                         "eval_views": ["test"]})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "shares speaker TOY/s" in err[0] and "data.protocol" in err[0]
+    err = one_line_error()
+    assert "shares speaker TOY/s" in err and "data.protocol" in err
     assert not (tmp_path / "runs").exists()  # refused before the run directory exists
     assert run_cli(train_cli.main, ["--config", str(config), "--set", "data.protocol=speaker_dependent"]) == 0
     metrics = json.loads((tmp_path / "runs" / "lin" / "eval_test" / "metrics_eval.json").read_text())
@@ -208,13 +208,13 @@ def test_cross_validation_runs_every_fold_pools_and_resumes(tmp_path, toy):
     assert again["pooled"] == summary["pooled"]
 
 
-def test_cv_errors_are_one_line_before_anything_is_written(tmp_path, toy, capsys):
+def test_cv_errors_are_one_line_before_anything_is_written(tmp_path, toy, capsys, one_line_error):
     config = write_config(tmp_path, toy["store"])
     out = tmp_path / "cv_bad"
     for scheme, expected in [("speakers:99", "speakers"), ("group:session", "session"), ("bogus", "bogus")]:
         assert run_cli(cv_cli.main, ["--config", str(config), "--folds", scheme, "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and expected in err[0], err
+        err = one_line_error()
+        assert expected in err, err
         assert not out.exists()
     fold_file = tmp_path / "folds.json"
     fold_file.write_text(json.dumps({"TOY/nobody": "fold1"}))

@@ -81,12 +81,6 @@ def train(config: Path, *sets: str, resume: bool = False) -> int:
                                     *(["--resume"] if resume else [])])
 
 
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # one line, no traceback
-    return err[0]
-
-
 def temps(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
@@ -126,7 +120,8 @@ def test_resume_of_a_finished_run_trains_nothing_and_rewrites_nothing(tmp_path, 
 
 
 # ------------------------------------------------------------------------------- 2: checkpoint labels
-def test_evaluate_refuses_a_checkpoint_whose_labels_differ_from_the_run(tmp_path, store, capsys):
+def test_evaluate_refuses_a_checkpoint_whose_labels_differ_from_the_run(tmp_path, store, capsys,
+                                                                        one_line_error):
     assert train(write_config(tmp_path, store)) == 0
     run = tmp_path / "runs" / "toy"
     best = run / "checkpoints" / "best.pt"
@@ -134,7 +129,7 @@ def test_evaluate_refuses_a_checkpoint_whose_labels_differ_from_the_run(tmp_path
     torch.save({**state, "labels": list(reversed(state["labels"]))}, best)  # same labels, other order
     capsys.readouterr()
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "best.pt" in msg and "in another order" in msg
 
     # a best.pt of a 6-class run in a 7-class run (it used to be a ValueError traceback)
@@ -144,12 +139,12 @@ def test_evaluate_refuses_a_checkpoint_whose_labels_differ_from_the_run(tmp_path
     shutil.copy(tmp_path / "six" / "runs" / "six" / "checkpoints" / "best.pt", best)
     capsys.readouterr()
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "another label set" in msg and "'neutral'" in msg
 
 
 # ---------------------------------------------------------------------------- 3: unusable checkpoints
-def test_empty_truncated_or_wrong_checkpoints_are_one_line_errors(tmp_path, store, capsys):
+def test_empty_truncated_or_wrong_checkpoints_are_one_line_errors(tmp_path, store, capsys, one_line_error):
     config = write_config(tmp_path, store)
     assert train(config) == 0
     ckpts = tmp_path / "runs" / "toy" / "checkpoints"
@@ -158,25 +153,25 @@ def test_empty_truncated_or_wrong_checkpoints_are_one_line_errors(tmp_path, stor
 
     (ckpts / "best.pt").write_bytes(b"")
     assert run_cli(evaluate_cli.main, ["--run", str(ckpts.parent), "--view", "test"]) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "best.pt" in msg and "empty" in msg
     (ckpts / "best.pt").write_bytes(best)
 
     (ckpts / "last.pt").write_bytes(last[: len(last) // 2])
     assert train(config, "train.epochs=3", resume=True) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "last.pt" in msg and "truncated" in msg
 
     (ckpts / "last.pt").write_bytes(best)  # best.pt given where last.pt is needed (a KeyError: 'optimizer' before)
     assert train(config, "train.epochs=3", resume=True) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "last.pt" in msg and "optimizer" in msg and "best.pt holds only the evaluation weights" in msg
 
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     other = write_config(tmp_path / "init", store, train={"init_from": str(empty)})
     assert train(other) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "train.init_from" in msg and "empty.pt" in msg and "empty" in msg
     assert not (tmp_path / "init" / "runs").exists()
 
@@ -231,7 +226,7 @@ def test_two_writers_of_one_store_the_second_is_refused(tmp_path):
         assert again.done_ids() == {"a"}
 
 
-def test_training_refuses_a_run_folder_another_process_trains(tmp_path, store, capsys):
+def test_training_refuses_a_run_folder_another_process_trains(tmp_path, store, capsys, one_line_error):
     config = write_config(tmp_path, store)
     assert train(config) == 0
     run = tmp_path / "runs" / "toy"
@@ -239,19 +234,19 @@ def test_training_refuses_a_run_folder_another_process_trains(tmp_path, store, c
     capsys.readouterr()
     with FolderLock(run):  # another trainer of this run
         assert train(config, "train.epochs=2", resume=True) == 2
-        msg = one_line(capsys)
+        msg = one_line_error()
         assert str(run) in msg and f"pid {os.getpid()}" in msg
     assert (run / "metrics_val.csv").read_bytes() == metrics  # nothing truncated or appended
     assert train(config, "train.epochs=2", resume=True) == 0  # and the lock of a finished fit is released
 
 
-def test_the_memmap_builder_refuses_a_store_with_duplicate_ids(tmp_path, capsys):
+def test_the_memmap_builder_refuses_a_store_with_duplicate_ids(tmp_path, one_line_error):
     path = make_store(tmp_path, 12, 3, 2, shard_size=4)
     rows = path / "rows.jsonl"
     first = rows.read_text().splitlines(keepends=True)[0]
     rows.write_text(rows.read_text() + first)  # what two extractions into one store wrote
     assert run_cli(build_memmap_cli.main, ["--store", str(path), "--out", str(tmp_path / "mm"), "--quiet"]) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "rows.jsonl" in msg and "twice" in msg and json.loads(first)["id"] in msg
     assert not (tmp_path / "mm").exists()
 
@@ -260,7 +255,8 @@ def test_the_memmap_builder_refuses_a_store_with_duplicate_ids(tmp_path, capsys)
 TASK_6 = ["anger", "disgust", "fear", "joy", "sadness", "neutral"]
 
 
-def test_rows_outside_the_task_are_printed_and_reported_and_an_empty_class_is_an_error(tmp_path, store, capsys):
+def test_rows_outside_the_task_are_printed_and_reported_and_an_empty_class_is_an_error(
+        tmp_path, store, capsys, one_line_error):
     config = write_config(tmp_path, store, data={"task": {"labels": TASK_6}})
     assert train(config) == 0
     out = capsys.readouterr().out
@@ -273,7 +269,7 @@ def test_rows_outside_the_task_are_printed_and_reported_and_an_empty_class_is_an
 
     config = write_config(tmp_path / "b", store, data={"task": {"labels": [*TASK_6, "boredom"]}})
     assert train(config) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "task label 'boredom' has no row in the training view 'train'" in msg
     assert "data.allow_empty_classes" in msg and not (tmp_path / "b" / "runs").exists()
 
@@ -283,7 +279,7 @@ def test_rows_outside_the_task_are_printed_and_reported_and_an_empty_class_is_an
         "boredom"]
 
 
-def test_the_emodb_config_on_a_default_emodb_build_names_the_missing_boredom(tmp_path, capsys):
+def test_the_emodb_config_on_a_default_emodb_build_names_the_missing_boredom(tmp_path, one_line_error):
     # `mer-builder build --datasets emodb` drops boredom by default (policy emodb.boredom=drop): no row has it.
     source = ["anger", "disgust", "fear", "happiness", "sadness", "neutral"]
     rows = [{"id": f"EmoDB/{i:03d}", "dataset": "EmoDB", "domain": "acted", "source_label": source[i % 6],
@@ -292,7 +288,7 @@ def test_the_emodb_config_on_a_default_emodb_build_names_the_missing_boredom(tmp
     emodb = make_store(tmp_path, 60, 8, 0, rows=rows, memmap=True)
     assert train(CONFIGS / "emodb_mfcc_flexible_a.yaml", f"data.store={emodb}",
                  f"run.output_root={tmp_path / 'runs'}", "train.epochs=1") == 2
-    assert "task label 'boredom' has no row in the training view 'train'" in one_line(capsys)
+    assert "task label 'boredom' has no row in the training view 'train'" in one_line_error()
     assert not (tmp_path / "runs").exists()
 
 
@@ -413,15 +409,16 @@ def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_no_partial_file
     assert list(target.parent.iterdir()) == []
 
 
-def test_train_on_a_full_disk_exits_2_with_one_line(tmp_path, store, capsys, monkeypatch):
+def test_train_on_a_full_disk_exits_2_with_one_line(tmp_path, store, one_line_error, monkeypatch):
     monkeypatch.setattr(torch, "save", _full_disk_save)  # (a RuntimeError traceback before)
     assert train(write_config(tmp_path, store)) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert "ENOSPC" in msg and str(tmp_path / "runs" / "toy" / "checkpoints") in msg
     assert temps(tmp_path / "runs") == []
 
 
-def test_extraction_into_an_unwritable_store_exits_2_with_one_line(tmp_path, capsys, monkeypatch, request):
+def test_extraction_into_an_unwritable_store_exits_2_with_one_line(tmp_path, one_line_error, monkeypatch,
+                                                                   request):
     manifest = make_tone_manifest(tmp_path / "data", per_split={"train": 1})
     parent = tmp_path / "features"
     parent.mkdir()
@@ -435,28 +432,29 @@ def test_extraction_into_an_unwritable_store_exits_2_with_one_line(tmp_path, cap
         code = unwritable(parent, monkeypatch, request)
     assert run_cli(extract_cli.main, ["--manifest", str(manifest), "--out", str(parent / "store"), "--jobs", "1",
                                       "--quiet"]) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert code in msg and str(parent) in msg
     assert temps(parent) == [] and not list(parent.rglob("part-*.npz"))
 
 
-def test_evaluate_into_an_unwritable_run_exits_2_with_one_line(tmp_path, store, capsys, monkeypatch, request):
+def test_evaluate_into_an_unwritable_run_exits_2_with_one_line(tmp_path, store, capsys, monkeypatch,
+                                                               request, one_line_error):
     assert train(write_config(tmp_path, store)) == 0
     run = tmp_path / "runs" / "toy"
     capsys.readouterr()
     code = unwritable(run / "eval_test", monkeypatch, request)
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test", "--quiet"]) == 2
-    msg = one_line(capsys)
+    msg = one_line_error()
     assert code in msg and str(run / "eval_test") in msg
     assert temps(run) == []
 
 
-def test_an_unwrapped_environment_oserror_is_still_one_line(capsys):
+def test_an_unwrapped_environment_oserror_is_still_one_line(one_line_error):
     def main(argv):
         raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out.csv")
 
     assert run_cli(main, []) == 2
-    assert one_line(capsys) == "error: /mnt/ro/out.csv: EROFS (Read-only file system)"
+    assert one_line_error() == "error: /mnt/ro/out.csv: EROFS (Read-only file system)"
 
 
 # ------------------------------------------------------------------------- 14: divergence in epoch 1
@@ -543,7 +541,7 @@ def test_progress_in_a_log_file_is_plain_lines_not_carriage_returns(tmp_path, st
 
 
 # -------------------------------------------------------------------- 27: manifest folders, no MELD
-def test_check_splits_takes_a_manifest_folder_and_names_no_absent_corpus(tmp_path, capsys):
+def test_check_splits_takes_a_manifest_folder_and_names_no_absent_corpus(tmp_path, capsys, one_line_error):
     rows = [{"id": f"EmoDB/{i}", "dataset": "EmoDB", "split": ("train", "val", "test")[i % 3],
              "label": EMOTIONS_7[i % 7], "speaker": f"EmoDB/{i % 3}", "text": ""} for i in range(9)]
     (tmp_path / "meta_manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -554,7 +552,7 @@ def test_check_splits_takes_a_manifest_folder_and_names_no_absent_corpus(tmp_pat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli(check_splits_cli.main, [str(empty)]) == 2
-    assert "a folder without meta_manifest.jsonl" in one_line(capsys)
+    assert "a folder without meta_manifest.jsonl" in one_line_error()
 
 
 # ------------------------------------------------------------------------------ 21: the README's venv

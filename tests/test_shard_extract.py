@@ -49,12 +49,6 @@ def merge(parts: list[Path], out: Path, *extra: str) -> int:
     return run_cli(bm.main, ["--store", *map(str, parts), "--out", str(out), "--quiet", *extra])
 
 
-def one_line_error(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
-    assert len(err) == 1, err
-    return err[0]
-
-
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> dict:
     """A manifest, its unsharded MFCC store + memmap, and its three MFCC parts (not merged)."""
@@ -114,31 +108,31 @@ def test_opensmile_parts_merge_to_the_unsharded_store(sharded, tmp_path):
     assert_same_rows(MemmapStore(tmp_path / "mm"), MemmapStore(tmp_path / "whole_mm"))
 
 
-def test_missing_twice_and_foreign_parts_are_one_line_errors(sharded, tmp_path, capsys):
+def test_missing_twice_and_foreign_parts_are_one_line_errors(sharded, tmp_path, capsys, one_line_error):
     parts, out = sharded["parts"], tmp_path / "mm"
     capsys.readouterr()
     assert merge(parts[:2], out) == 2
-    assert f"part(s) 2/{N} missing" in one_line_error(capsys)
+    assert f"part(s) 2/{N} missing" in one_line_error()
     assert merge([parts[0], parts[1], parts[1]], out) == 2
-    assert f"part 1/{N} is given twice" in one_line_error(capsys)
+    assert f"part 1/{N} is given twice" in one_line_error()
     assert merge([parts[0], parts[1], sharded["root"] / "whole"], out) == 2
-    assert "not a part of a sharded extraction" in one_line_error(capsys)
+    assert "not a part of a sharded extraction" in one_line_error()
     assert merge([parts[0]], out) == 2  # a single part is not the whole set either
-    assert f"part(s) 1/{N}, 2/{N} missing" in one_line_error(capsys)
+    assert f"part(s) 1/{N}, 2/{N} missing" in one_line_error()
     # a part extracted with other settings (or into another number of parts) is named
     other = tmp_path / "other2"
     assert mfcc(sharded["manifest"], other, "--shard", f"2/{N}", "--ngram", "1,1") == 0
     assert merge([*parts[:2], other], out) == 2
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert str(other) in msg and "settings.ngram_range" in msg
     four = tmp_path / "four"
     assert mfcc(sharded["manifest"], four, "--shard", "3/4") == 0
     assert merge([*parts, four], out) == 2
-    assert "part 3/4, but" in one_line_error(capsys)
+    assert "part 3/4, but" in one_line_error()
     assert not out.exists()
 
 
-def test_an_id_in_two_parts_or_in_none_is_a_one_line_error(sharded, tmp_path, capsys):
+def test_an_id_in_two_parts_or_in_none_is_a_one_line_error(sharded, tmp_path, capsys, one_line_error):
     parts = [tmp_path / p.name for p in sharded["parts"]]
     for src, dst in zip(sharded["parts"], parts, strict=True):
         shutil.copytree(src, dst)
@@ -152,7 +146,7 @@ def test_an_id_in_two_parts_or_in_none_is_a_one_line_error(sharded, tmp_path, ca
     capsys.readouterr()
     out = tmp_path / "mm"
     assert merge(parts, out) == 2
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert f"id {p0.meta[0]['id']!r} is in two parts: {parts[0]} and {parts[1]}" in msg
     # a row in no part and not reported failed (an unfinished part): named with the part that should have it
     shutil.rmtree(parts[1])
@@ -161,7 +155,7 @@ def test_an_id_in_two_parts_or_in_none_is_a_one_line_error(sharded, tmp_path, ca
     report = json.loads((parts[k] / "extract_report.json").read_text())
     (parts[k] / "extract_report.json").write_text(json.dumps({**report, "failures": []}))
     assert merge(parts, out) == 2
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert f"id {MISSING_ID!r}" in msg and f"part {k}/{N}, {parts[k]}" in msg
     assert not out.exists()
 
@@ -169,23 +163,24 @@ def test_an_id_in_two_parts_or_in_none_is_a_one_line_error(sharded, tmp_path, ca
 @pytest.mark.parametrize("value, words", [("3/3", "K must be 0 to N-1"), ("x", "expected K/N"),
                                           ("-1/3", "expected K/N"), ("1/0", "K must be 0 to N-1"),
                                           ("1/", "expected K/N")])
-def test_bad_shard_values_are_one_line_errors_that_write_nothing(sharded, tmp_path, capsys, value, words):
+def test_bad_shard_values_are_one_line_errors_that_write_nothing(sharded, tmp_path, capsys, value, words,
+                                                                 one_line_error):
     capsys.readouterr()
     assert mfcc(sharded["manifest"], tmp_path / "s", f"--shard={value}") == 2  # = : argparse takes -1/3 as a flag
-    msg = one_line_error(capsys)
+    msg = one_line_error()
     assert msg.startswith("error: --shard") and words in msg
     assert smile(sharded["manifest"], tmp_path / "s", f"--shard={value}") == 2
-    assert words in one_line_error(capsys)
+    assert words in one_line_error()
     assert not (tmp_path / "s").exists()
 
 
-def test_shard_with_memmap_or_into_another_part_is_refused(sharded, tmp_path, capsys):
+def test_shard_with_memmap_or_into_another_part_is_refused(sharded, tmp_path, capsys, one_line_error):
     capsys.readouterr()
     assert mfcc(sharded["manifest"], tmp_path / "s", "--shard", "0/3", "--memmap", str(tmp_path / "mm")) == 2
-    assert "--memmap with --shard 0/3" in one_line_error(capsys) and not (tmp_path / "s").exists()
+    assert "--memmap with --shard 0/3" in one_line_error() and not (tmp_path / "s").exists()
     part = tmp_path / "p0"
     shutil.copytree(sharded["parts"][0], part)
     assert mfcc(sharded["manifest"], part, "--shard", "0/2") == 2  # the store's identity check: another K/N
-    assert "settings.shard: store has '0/3', this run gives '0/2'" in one_line_error(capsys)
+    assert "settings.shard: store has '0/3', this run gives '0/2'" in one_line_error()
     assert mfcc(sharded["manifest"], part) == 2  # an unsharded run into a part
-    assert "settings.shard" in one_line_error(capsys)
+    assert "settings.shard" in one_line_error()

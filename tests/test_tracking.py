@@ -209,13 +209,13 @@ def test_under_torchrun_rank_0_alone_tracks(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("key", "module"), [("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")])
-def test_a_tracking_backend_that_is_not_installed_is_one_line(tmp_path, monkeypatch, capsys, key, module):
+def test_a_tracking_backend_that_is_not_installed_is_one_line(tmp_path, monkeypatch, one_line_error, key,
+                                                              module):
     monkeypatch.setitem(sys.modules, module, None)  # `import` of it now fails as when it is not installed
     store = make_store(tmp_path, 60, 6, 0, memmap=True)
     config = _config(tmp_path, store, "missing", **{key: True})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: config key 'train.tracking.{key}': needs the ") and "\n" not in err
+    err = one_line_error(prefix=f"error: config key 'train.tracking.{key}': needs the ")
     assert f"pip install {key}" in err
     assert not (tmp_path / "runs").exists()  # refused before a run folder exists
 

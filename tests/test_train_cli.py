@@ -200,33 +200,27 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpo
     assert len(read_csv(tmp_path / "metrics_val.csv")) == 1
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # one line, no traceback
-    return err[0]
-
-
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, store, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, store, one_line_error):
     assert run_cli(train_cli.main, ["--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml" in _error(capsys)
+    assert "missing.yaml" in one_line_error()
 
     config = write_config(tmp_path, store, data={"train_view": "nothing",
                                                  "views": {"nothing": {"split": "holdout"}, "val": {"split": "val"},
                                                            "test": {"split": "test"}}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "nothing" in _error(capsys)
+    assert "nothing" in one_line_error()
 
     config = write_config(tmp_path, store, model={"audio_dim": 99})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    msg = _error(capsys)
+    msg = one_line_error()
     assert "99" in msg and "12" in msg
 
     assert run_cli(train_cli.main, ["--config", str(config), "--set", "train.epochz=3"]) == 2
-    assert "train.epochs" in _error(capsys)
+    assert "train.epochs" in one_line_error()
 
     config = write_config(tmp_path, store, data={"store": str(tmp_path / "nostore")})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "nostore" in _error(capsys)
+    assert "nostore" in one_line_error()
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
     run = tmp_path / "fake_run"
@@ -234,9 +228,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, store, capsys
     write_config(tmp_path, store)
     (run / "config_resolved.yaml").write_text((tmp_path / "exp.yaml").read_text())
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
-    assert "best.pt" in _error(capsys)
+    assert "best.pt" in one_line_error()
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "testZ"]) == 2
-    assert "testZ" in _error(capsys)
+    assert "testZ" in one_line_error()
 
 
 @pytest.mark.parametrize(("override", "expected"), [
@@ -257,23 +251,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, store, capsys
     ("train.best_metric=loss", "config key 'train.best_mode': expected 'min' for best_metric 'loss', got 'max'"),
     ("train.scheduler.name=plateau train.scheduler.mode=min", "config key 'train.scheduler.mode': expected 'max'"),
 ])
-def test_out_of_range_training_settings_are_one_line_errors_before_the_run_dir(tmp_path, store, capsys, override,
-                                                                                expected):
+def test_out_of_range_training_settings_are_one_line_errors_before_the_run_dir(tmp_path, store,
+                                                                               one_line_error, override,
+                                                                               expected):
     # Each of these used to be a traceback (ZeroDivisionError, ValueError from torch) or an error after an epoch
     # had been trained into a fresh run directory.
     config = write_config(tmp_path, store)
     assert run_cli(train_cli.main, ["--config", str(config), "--set", *override.split()]) == 2
-    assert _error(capsys).startswith(f"error: {expected}")
+    assert one_line_error().startswith(f"error: {expected}")
     assert not (tmp_path / "runs").exists()
 
 
-def test_an_end_to_end_config_or_run_points_at_the_end_to_end_tools(tmp_path, store, capsys):
+def test_an_end_to_end_config_or_run_points_at_the_end_to_end_tools(tmp_path, store, one_line_error):
     config = write_config(tmp_path, store, model={"name": "hf_at"})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "use train_hf_e2e.py" in _error(capsys)
+    assert "use train_hf_e2e.py" in one_line_error()
     config = write_config(tmp_path, store, data={"store": ""})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "config key 'data.store': not set" in _error(capsys)
+    assert "config key 'data.store': not set" in one_line_error()
     assert not (tmp_path / "runs").exists()
 
     run = tmp_path / "e2e_run"
@@ -282,17 +277,17 @@ def test_an_end_to_end_config_or_run_points_at_the_end_to_end_tools(tmp_path, st
     cfg["model"]["name"], cfg["data"]["manifest"] = "hf_at", str(tmp_path / "meta_manifest.jsonl")
     (run / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
-    assert "use evaluate_hf_e2e.py" in _error(capsys)
+    assert "use evaluate_hf_e2e.py" in one_line_error()
 
 
-def test_evaluating_on_a_store_of_other_dims_is_a_one_line_error(tmp_path, store, capsys):
+def test_evaluating_on_a_store_of_other_dims_is_a_one_line_error(tmp_path, store, one_line_error):
     # Without standardization this used to be a ValueError traceback from the model's forward.
     config = write_config(tmp_path, store, train={"epochs": 1}, data={"standardize": False})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 0
     other = make_store(tmp_path / "other", 60, 6, 10, memmap=True)
     run = tmp_path / "runs" / "toy"
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test", "--store", str(other)]) == 2
-    msg = _error(capsys)
+    msg = one_line_error()
     assert "best.pt" in msg and "12-dim audio features" in msg and "has 6" in msg
 
 

@@ -296,13 +296,7 @@ def test_the_iemocap_fold_override_documented_in_its_config_selects_the_right_sp
     assert speakers(fold1, "cv_val") == ["s02_F"] and speakers(fold1, "cv_test") == ["s01_F", "s01_M"]
 
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err  # one line, no traceback
-    return err[0]
-
-
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, one_line_error, monkeypatch):
     rows = [json.loads(line) for line in env["manifest"].read_text().splitlines()]
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "audio").symlink_to(env["manifest"].parent / "audio")  # paths stay inside the folder
@@ -313,53 +307,53 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, capsys, 
                               for r in rows))
     config = write_config(tmp_path / "c.yaml", env, data={"manifest": str(broken)})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    msg = _error(capsys)
+    msg = one_line_error()
     assert "nowhere.wav" in msg and "audio file not found" in msg and rows[5]["id"] in msg
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = write_config(tmp_path / "c.yaml", env, model={"hf": {"audio_encoder": "no-such-org/no-such-model"}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    msg = _error(capsys)
+    msg = one_line_error()
     assert "no-such-org/no-such-model" in msg and "cannot be downloaded" in msg and "pass its path" in msg
 
     config = write_config(tmp_path / "c.yaml", env, model={"name": "flexible_at"})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "model.name" in _error(capsys)
+    assert "model.name" in one_line_error()
 
     config = write_config(tmp_path / "c.yaml", env, data={"manifest": None})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "data.manifest" in _error(capsys)
+    assert "data.manifest" in one_line_error()
 
     config = write_config(tmp_path / "c.yaml", env, train={"lr_overrides": {"audio_encodr.": 1e-5}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    msg = _error(capsys)
+    msg = one_line_error()
     assert "train.lr_overrides.audio_encodr." in msg and "audio_encoder." in msg
 
     config = write_config(tmp_path / "c.yaml", env, data={"views": {"train": {"split": "holdout"}}})
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "selects no rows" in _error(capsys)
+    assert "selects no rows" in one_line_error()
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
     assert run_cli(evaluate_cli.main, ["--run", str(tmp_path), "--view", "test"]) == 2
-    assert "config_resolved.yaml" in _error(capsys)
+    assert "config_resolved.yaml" in one_line_error()
 
 
-def test_a_feature_run_or_a_bad_token_limit_is_a_one_line_error_naming_the_fix(tmp_path, capsys):
+def test_a_feature_run_or_a_bad_token_limit_is_a_one_line_error_naming_the_fix(tmp_path, one_line_error):
     # evaluate_hf_e2e.py on a train.py run used to complain about data.manifest instead of naming the right tool.
     run = tmp_path / "feature_run"
     run.mkdir()
     (run / "config_resolved.yaml").write_text(yaml.safe_dump({"model": {"name": "flexible_at"},
                                                                "data": {"store": str(tmp_path / "store")}}))
     assert run_cli(evaluate_cli.main, ["--run", str(run), "--view", "test"]) == 2
-    assert _error(capsys) == f"error: {run}: a flexible_at run; evaluate it with evaluate.py"
+    assert one_line_error() == f"error: {run}: a flexible_at run; evaluate it with evaluate.py"
 
     config = tmp_path / "c.yaml"  # a token limit below 2 used to be raised to 2 silently
     config.write_text(yaml.safe_dump({"run": {"output_root": str(tmp_path / "runs")},
                                       "model": {"name": "hf_at", "hf": {"max_text_tokens": 1}}}))
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert "config key 'model.hf.max_text_tokens': expected >= 2" in _error(capsys)
+    assert "config key 'model.hf.max_text_tokens': expected >= 2" in one_line_error()
     config.write_text(yaml.safe_dump({"run": {"output_root": str(tmp_path / "runs")},
                                       "model": {"name": "hf_at"}, "train": {"grad_accum": 0}}))
     assert run_cli(train_cli.main, ["--config", str(config)]) == 2
-    assert _error(capsys) == "error: config key 'train.grad_accum': expected >= 1, got 0"
+    assert one_line_error() == "error: config key 'train.grad_accum': expected >= 1, got 0"
     assert not (tmp_path / "runs").exists()
