@@ -8,20 +8,25 @@ median is reported; see `timed_in_turn`):
   fmin=0, fmax=8000, pad_mode="reflect") + 1e-6)`, clip by clip (what a per-clip data pipeline does);
 - `torch`: `LogMelFrontend` on length-sorted batches of `--batch-size` (the training path), log-mels equal to
   librosa's (checked here: max abs difference of the log-mel);
-- `torch_aug`: the waveform augmentation of the training configs (speed 0.9/1.0/1.1, shift, gain, noise at
-  10-30 dB SNR), then the front end, then SpecAugment (2 frequency x 8 bins, 2 time x 20 frames).
+- `torch_aug`: the training path of the shipped frame configs (`train.augment` of `--config`, default
+  configs/base_frame.yaml, as `FrameAugmenter` applies it: speed 0.9/1.0/1.1, gain, noise at 10-30 dB SNR for
+  half the clips, mixup of the waveforms for half the batches), then the front end, then SpecAugment (2 frequency x
+  8 bins, 2 time x 20 frames). Its random 3 s crop is left out, so that both sides turn the same audio into
+  log-mels (a crop would hand the torch side less audio than librosa's); `--shift-s S` adds a circular time shift
+  of up to S seconds (no shipped config uses one; the figures before stop 21 had `--shift-s 0.2`).
 
 torch runs on `--threads` threads (default 2, the CPU of the figures); librosa's FFTs are numpy's (one thread), its
 mel product on one BLAS thread (see `librosa_loop`).
 Prints one JSON line and one human line.
 
     PYTHONPATH=src python bench/bench_frontend.py [--clips 256] [--batch-size 32] [--threads 2] [--repeats 5]
-        [--device cuda]
+        [--config configs/base_frame.yaml] [--shift-s 0.2] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -29,9 +34,10 @@ import time
 import numpy as np
 import torch
 
-from mer.models.audio_augment import AudioAugment
+from mer.config import load_config
 from mer.models.frontend import LogMelFrontend
 from mer.runtime import tune_allocator
+from mer.training.frame_augment import augment_settings
 
 SR = 16000
 
@@ -96,6 +102,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--config", default="configs/base_frame.yaml", help="whose train.augment is timed")
+    ap.add_argument("--shift-s", type=float, default=0.0, help="add a circular time shift of up to this many s")
     ap.add_argument("--device", default="cpu", help="where the torch front end runs: cpu or cuda (the batches are "
                     "moved there before timing, as the training loop moves them; librosa stays on the CPU)")
     args = ap.parse_args()
@@ -105,8 +113,8 @@ def main() -> int:
     clips = make_clips(args.clips)
     data = [(w.to(device), n.to(device)) for w, n in batches(clips, args.batch_size)]
     frontend = LogMelFrontend(n_mels=80, n_fft=400, hop=160, f_min=0.0, f_max=8000.0, log_offset=1e-6).to(device)
-    aug = AudioAugment(speed_factors=(0.9, 1.0, 1.1), shift_s=0.2, gain_db=(-6.0, 6.0), noise_snr_db=(10.0, 30.0),
-                       noise_p=0.5, freq_masks=2, freq_width=8, time_masks=2, time_width=20)
+    aug = dataclasses.replace(augment_settings(load_config(args.config).config.train.augment), crop_s=None,
+                              shift_s=args.shift_s or None)
 
     @torch.no_grad()
     def run_torch():
@@ -114,11 +122,15 @@ def main() -> int:
             frontend(wave, lengths)
 
     gen = torch.Generator(device).manual_seed(0)
+    labels = torch.zeros(args.batch_size, dtype=torch.long, device=device)
 
     @torch.no_grad()
     def run_aug():
         for wave, lengths in data:
             w, n = aug.apply_wave(wave, lengths, gen)
+            mixed = aug.apply_mixup(w, labels[: w.shape[0]], gen, n)
+            if mixed is not None:
+                w, n = mixed.x, mixed.lengths
             feats, frames = frontend(w, n)
             aug.apply_spec(feats, frames, gen)
 
@@ -135,7 +147,8 @@ def main() -> int:
                                               max(1, args.repeats // 3), device)
     audio_s = sum(c.size for c in clips) / SR
     result = {"bench": "frontend", "clips": args.clips, "audio_s": round(audio_s, 1), "batch_size": args.batch_size,
-              "threads": args.threads, "device": args.device, "librosa_clips_per_s": round(args.clips / t_librosa, 1),
+              "threads": args.threads, "device": args.device, "config": args.config,
+              "shift_s": args.shift_s, "librosa_clips_per_s": round(args.clips / t_librosa, 1),
               "torch_clips_per_s": round(args.clips / t_torch, 1),
               "torch_aug_clips_per_s": round(args.clips / t_aug, 1),
               "speedup_torch": round(t_librosa / t_torch, 2), "speedup_torch_aug": round(t_librosa / t_aug, 2),
