@@ -113,7 +113,7 @@ def main() -> int:
     clips = make_clips(args.clips)
     data = [(w.to(device), n.to(device)) for w, n in batches(clips, args.batch_size)]
     frontend = LogMelFrontend(n_mels=80, n_fft=400, hop=160, f_min=0.0, f_max=8000.0, log_offset=1e-6).to(device)
-    aug = dataclasses.replace(augment_settings(load_config(args.config).config.train.augment), crop_s=None,
+    aug = dataclasses.replace(augment_settings(load_config(args.config).cfg.train.augment), crop_s=None,
                               shift_s=args.shift_s or None)
 
     @torch.no_grad()
