@@ -17,10 +17,10 @@ Waveform [B, T] + lengths [B] (samples):
   drawn from `noises` (tiled when shorter than the clip); a silent clip is left as is.
 
 Log-mel [B, n_mels, F] + frame_lengths [B]:
-- `spec_augment` (a new tensor; on the CPU only the masked cells are written): `freq_masks` bands of width uniform in [0, freq_width] bins and `time_masks` bands of width
-  uniform in [0, time_width] frames (clipped to the clip), each inside the clip's real frames; the masked
-  cells are set to the clip's mean over its real cells ("mean", the default: neutral for an unnormalised
-  log-mel) or 0.
+- `spec_augment` (a new tensor; on the CPU only the masked cells are written): `freq_masks` bands of width
+  uniform in [0, freq_width] bins and `time_masks` bands of width uniform in [0, time_width] frames (clipped to
+  the clip), each inside the clip's real frames; the masked cells are set to the clip's mean over its real cells
+  ("mean", the default: neutral for an unnormalised log-mel) or 0.
 
 Both: `mixup` (Zhang et al. 2018): x' = lam * x + (1 - lam) * x[perm], one lam ~ Beta(alpha, alpha) per batch;
 returns the mixed inputs and lengths, both label index tensors and lam (`MixupResult.targets(n)` gives the
@@ -29,8 +29,9 @@ mixed one-hot targets; `MixupResult.loss(criterion, logits)` the mixed loss).
 `AudioAugment` holds a set of these settings (no config dependency) with `apply_wave`, `apply_spec` and
 `apply_mixup`; a setting left at None (or a count of 0) switches that augmentation off. `apply_wave` gives what the
 steps give one after the other, with fewer passes over the batch (with listed speed factors the shift is written by
-the resampling and the noise added in place to its output; otherwise the gain is applied by the noise step's copy). On the CPU the waveform steps work clip by clip on slices (memory-speed copies, no index
-tensors as large as the batch); on an accelerator on the whole batch (`_row_wise`), with the same output.
+the resampling and the noise added in place to its output; otherwise the gain is applied by the noise step's copy).
+On the CPU the waveform steps work clip by clip on slices (memory-speed copies, no index tensors as large as the
+batch); on an accelerator on the whole batch (`_row_wise`), with the same output.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -210,7 +212,7 @@ def _draw_speed(lengths: Tensor, gen: torch.Generator, factors: Sequence[float] 
 def _apply_speed(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, shifts: Tensor | None = None,
                  gain: Tensor | None = None) -> Tensor:
     """The resampled batch of `draw`; with `shifts` and `gain` (discrete factors only), each row also rolled by its
-    shift and scaled by its gain (`time_shift` and `random_gain` fused into the resampling's writes)."""
+    shift and scaled by its gain (`time_shift` written by the resampling, `random_gain` one product after it)."""
     f, new_len = draw.f, draw.new_len
     width = int(new_len.max()) if wave.shape[0] else 0
     if draw.pick is not None:
@@ -229,11 +231,8 @@ def _apply_speed(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, shifts: Tensor
 
 def _as_ratio(factor: float, max_den: int = 64) -> tuple[int, int] | None:
     """(p, q) with p / q == factor exactly (in float64) and q <= max_den, else None (0.9 -> (9, 10))."""
-    from fractions import Fraction
-
     r = Fraction(factor).limit_denominator(max_den)
-    return (r.numerator, r.denominator) if r.numerator / r.denominator == factor and r.numerator <= 64 * max_den \
-        else None
+    return (r.numerator, r.denominator) if r.numerator / r.denominator == factor else None
 
 
 def _resample_block(xs: Tensor, n: Tensor, factor: float, w: int) -> Tensor:
@@ -271,9 +270,9 @@ def _resample_discrete(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, width: i
     """`speed_perturb` for a few discrete factors: the rows that share a factor are resampled together
     (`_resample_block`; factor 1 rows are copied). With `shifts`, resampled sample i of row r goes to (i +
     shifts[r]) mod its new length (`time_shift` of the result); with `gain` ([B] amplitude factors) it is scaled
-    by it (`random_gain` of that). On the CPU each row is written to the output by two slice copies (shift and gain
-    in the same writes); elsewhere by one index copy per factor, then one batched roll and one product. Padding 0
-    (a new tensor, float32 for a float32 input)."""
+    by it (`random_gain` of that). On the CPU each row is written to the output by two slice copies (the shift in
+    the same writes); elsewhere by one index copy per factor, then one batched roll; the gain is then one product
+    over the batch. Padding 0 (a new tensor, float32 for a float32 input)."""
     b, t = wave.shape
     x = wave.float() if wave.dtype in (torch.float16, torch.bfloat16) else wave
     row_wise = _row_wise(x)
