@@ -36,6 +36,13 @@ def _state_lines(out: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C's default disposition. A process started in the background by a non-
+    interactive shell (a CI job, `cmd &` in a script) inherits SIGINT ignored, and the build would then run to its
+    end whatever the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_build(root: Path, out: Path, err: Path) -> subprocess.Popen:
     """`mer-builder build` in a process group of its own, returned once its workers have recorded a first chunk.
     Its stderr goes to the file `err`, not to a pipe: a surviving worker would hold a pipe open forever."""
@@ -44,7 +51,7 @@ def _start_build(root: Path, out: Path, err: Path) -> subprocess.Popen:
             [sys.executable, "-m", "mer_builder", "build", "--folder", f"Mine={root}", "--out", str(out), "--jobs",
              "2", "--quiet", "--no-validate"],
             env={**os.environ, "PYTHONPATH": str(SRC)}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=fh, start_new_session=True)
+            stderr=fh, start_new_session=True, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not _state_lines(out):
         time.sleep(0.005)
