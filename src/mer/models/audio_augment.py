@@ -284,16 +284,16 @@ def _resample_discrete(wave: Tensor, lengths: Tensor, draw: _SpeedDraw, width: i
         rows = [r for r, kk in enumerate(draw.pick) if kk == k]
         w = max(m_of[r] for r in rows)
         factor = float(draw.choices[k])
+        idx = torch.tensor(rows, device=x.device)
         if w == 0:
             ys = None
         elif factor == 1.0:
-            ys = x if row_wise else x.index_select(0, torch.tensor(rows, device=x.device))
+            ys = x if row_wise else x.index_select(0, idx)
         else:
-            idx = torch.tensor(rows, device=x.device)
             ys = _resample_block(x.index_select(0, idx), lengths.index_select(0, idx), factor, w)
         if not row_wise:
             if ys is not None:
-                out[:, :w].index_copy_(0, torch.tensor(rows, device=x.device), ys[:, :w])
+                out[:, :w].index_copy_(0, idx, ys[:, :w])
             continue
         src_rows = () if ys is None else ys.unbind(0)
         for j, r in enumerate(rows):
