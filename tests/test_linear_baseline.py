@@ -158,3 +158,67 @@ def test_state_dict_is_plain_tensors():
     fresh = LinearModel(2, audio_dim=3)
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.bias, torch.tensor([0.5, -0.5]))
+
+
+def _noisy_blobs(seed: int = 3):
+    """4 classes in 6 informative columns plus 24 noise columns, 8 speakers of 20 rows each."""
+    x, y = _blobs(40, [0, 1, 2, 3], 6, seed, spread=2.5)
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([x, rng.standard_normal((len(y), 24)).astype(np.float32)], axis=1)
+    groups = np.array([f"spk{i % 8}" for i in range(len(y))])
+    return x, y, groups
+
+
+def test_select_k_equals_selectkbest_with_zero_columns():
+    from sklearn.feature_selection import SelectKBest, f_classif
+    from sklearn.pipeline import make_pipeline
+
+    x, y, _ = _noisy_blobs()
+    x[:, 7] = 1.0  # a constant column: F undefined, ranked last
+    fit = fit_linear(x, y, 4, "logreg", Cs=0.1, ks=[8])
+    ref = make_pipeline(SelectKBest(f_classif, k=8), LogisticRegression(C=0.1, max_iter=5000)).fit(x, y)
+    kept = ref[0].get_support()
+    assert fit.k == 8 and fit.n_features == 30 and not kept[7]
+    np.testing.assert_array_equal(fit.weight.abs().sum(0).numpy() > 0, kept)  # dropped columns weigh 0
+    np.testing.assert_allclose(_logits(fit, x), ref.decision_function(x), rtol=1e-4, atol=1e-4)
+    assert fit.record()["feature_ranking"] == "ANOVA F on the training rows"
+    full = fit_linear(x, y, 4, "logreg", Cs=0.1, ks=[0, 100])  # 0 and counts above D mean every feature
+    assert full.k == 30 and [g["k"] for g in full.grid] == [30] and full.record()["feature_ranking"] is None
+
+
+def test_inner_folds_choose_k_and_c_like_scikit_learn_cross_validation():
+    from sklearn.feature_selection import SelectKBest, f_classif
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    x, y, groups = _noisy_blobs()
+    fit = fit_linear(x, y, 4, "logreg", Cs=[0.01, 1.0], ks=[3, 6, 0], groups=groups, inner_folds=4, seed=5)
+    splits = list(StratifiedGroupKFold(4, shuffle=True, random_state=5).split(x, y, groups))
+    for tr, te in splits:  # no speaker on both sides of an inner fold
+        assert not set(groups[tr]) & set(groups[te])
+    want = {}
+    for k in (3, 6, 30):
+        for c in (0.01, 1.0):
+            pipe = make_pipeline(SelectKBest(f_classif, k=k), LogisticRegression(C=c, max_iter=5000))
+            want[(k, c)] = macro_f1(y, cross_val_predict(pipe, x, y, cv=splits))
+    got = {(g["k"], g["C"]): g["cv_macro_f1"] for g in fit.grid}
+    assert got == pytest.approx(want)
+    best = max(want.values())
+    assert (fit.k, fit.C) == next(kc for kc in sorted(want) if want[kc] == best)  # ties: fewer features, smaller C
+    assert fit.inner_folds == 4 and "4 speaker-grouped folds" in fit.record()["selection"]
+    assert all(g["val_macro_f1"] is None for g in fit.grid)
+    # the kept model is refitted on every training row
+    ref = make_pipeline(SelectKBest(f_classif, k=fit.k), LogisticRegression(C=fit.C, max_iter=5000)).fit(x, y)
+    np.testing.assert_allclose(_logits(fit, x), ref.decision_function(x), rtol=1e-4, atol=1e-4)
+
+
+def test_selection_bad_input():
+    x, y, groups = _noisy_blobs()
+    with pytest.raises(UserError, match="needs validation rows"):
+        fit_linear(x, y, 4, Cs=0.1, ks=[3, 6])
+    with pytest.raises(UserError, match=r"4 inner folds .* only 3 speaker"):
+        fit_linear(x, y, 4, Cs=[0.1, 1.0], groups=np.array([f"s{i % 3}" for i in range(len(y))]), inner_folds=4)
+    with pytest.raises(UserError, match="integers >= 0"):
+        fit_linear(x, y, 4, Cs=0.1, ks=[-1])
+    with pytest.raises(UserError, match="inner folds: expected 0"):
+        fit_linear(x, y, 4, Cs=[0.1, 1.0], groups=groups, inner_folds=1)

@@ -108,6 +108,28 @@ def test_linear_baseline_is_a_run_equal_to_scikit_learn(tmp_path, toy):
     assert (run / "checkpoints" / "best.pt").read_bytes() == before
 
 
+def test_linear_baseline_chooses_features_and_c_by_inner_speaker_folds(tmp_path, toy, one_line_error):
+    lin = {"kind": "logreg", "Cs": [0.1, 1.0], "select_k": [4, 0], "inner_folds": 3}
+    config = write_config(tmp_path, toy["store"], model={"name": "linear", "mode": "A", "linear": lin})
+    assert run_cli(train_cli.main, ["--config", str(config)]) == 0
+    run = tmp_path / "runs" / "lin"
+    fit = json.loads((run / "linear_fit.json").read_text())
+    assert [(g["k"], g["C"]) for g in fit["grid"]] == [(4, 0.1), (4, 1.0), (10, 0.1), (10, 1.0)]
+    best = max(g["cv_macro_f1"] for g in fit["grid"])
+    assert next(g for g in fit["grid"] if (g["k"], g["C"]) == (fit["k"], fit["C"]))["cv_macro_f1"] == best
+    assert "3 speaker-grouped folds of the training rows" in fit["selection"]
+    weight = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]["weight"]
+    assert int((weight.abs().sum(0) > 0).sum()) == fit["k"]  # the unselected columns weigh nothing
+    with (run / "metrics_val.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["k"]), float(r["C"])) for r in rows] == [(g["k"], g["C"]) for g in fit["grid"]]
+    for key, value in (("select_k", "[-1]"), ("inner_folds", "1")):
+        assert run_cli(train_cli.main, ["--config", str(config), "--set", f"model.linear.{key}={value}",
+                                        "--set", "run.name=bad"]) == 2
+        assert f"'model.linear.{key}'" in one_line_error()
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
 def test_a_speaker_in_train_and_test_is_refused_unless_the_protocol_says_so(tmp_path, toy, one_line_error):
     views = {"train": {"split": ["train", "test"]}, "val": {"split": "val"}, "test": {"split": "test"}}
     config = write_config(tmp_path, toy["store"], data={"store": str(toy["store"]), "views": views,

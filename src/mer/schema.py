@@ -151,6 +151,10 @@ class LinearConfig:
     Cs: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])  # chosen on the val view
     class_weight: Literal["none", "balanced"] = "none"
     max_iter: int = 5000
+    # feature counts to try, the top k by ANOVA F on the training rows (0 = every feature); chosen with C
+    select_k: list[int] = field(default_factory=lambda: [0])
+    # 0: choose (select_k, Cs) on the val view; K >= 2: by K speaker-grouped folds of the training view instead
+    inner_folds: int = 0
 
 
 @dataclass

@@ -120,22 +120,30 @@ def _fold_names(n: int) -> list[str]:
 
 
 # -- test parts of each scheme -------------------------------------------------------------------------------
-def _speaker_kfold(rows: list[dict], k: int, seed: int) -> list[list[str]]:
+def grouped_kfold(labels, groups, k: int, seed: int) -> list[list[int]]:
+    """k folds of whole groups (speakers), stratified by label as far as the groups allow; each fold's row indices.
+
+    scikit-learn's StratifiedGroupKFold shuffled with `seed`, with the rows taken in the given order; the folds are
+    sorted by their first group (natural order). Deterministic for (labels, groups, k, seed).
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
+    groups = [str(g) for g in groups]
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members"
+        splits = [sorted(test.tolist()) for _, test in splitter.split(np.zeros(len(groups)), list(labels), groups)]
+    splits.sort(key=lambda idx: _natural_key(min(groups[i] for i in idx)) if idx else [])
+    return splits
+
+
+def _speaker_kfold(rows: list[dict], k: int, seed: int) -> list[list[str]]:
     speakers = sorted({r["speaker"] for r in rows})
     if k > len(speakers):
         raise UserError(f"fold scheme speakers:{k}: only {len(speakers)} speakers in the manifest rows")
     ordered = sorted(rows, key=lambda r: r["id"])  # independent of the manifest's row order
-    y = [r["label"] for r in ordered]
-    groups = [r["speaker"] for r in ordered]
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members"
-        splits = list(splitter.split(np.zeros(len(y)), y, groups))
-    parts = [sorted({groups[i] for i in test}) for _, test in splits]
-    parts.sort(key=lambda sp: _natural_key(sp[0]) if sp else [])
-    return parts
+    splits = grouped_kfold([r["label"] for r in ordered], [r["speaker"] for r in ordered], k, seed)
+    return [sorted({ordered[i]["speaker"] for i in idx}) for idx in splits]
 
 
 def _group_values(rows: list[dict], field: str) -> list[str]:

@@ -62,6 +62,29 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise UserError(f"config key 'model.linear.Cs': expected a list of positive numbers, got {lin.Cs}")
     if lin.max_iter < 1:
         raise UserError(f"config key 'model.linear.max_iter': expected >= 1, got {lin.max_iter}")
+    if not lin.select_k or any(k < 0 for k in lin.select_k):
+        raise UserError(f"config key 'model.linear.select_k': expected a list of integers >= 0 (0 = every feature), "
+                        f"got {lin.select_k}")
+    if lin.inner_folds == 1 or lin.inner_folds < 0:
+        raise UserError(f"config key 'model.linear.inner_folds': expected 0 (choose on the val view) or >= 2, "
+                        f"got {lin.inner_folds}")
+
+
+def _groups(dataset) -> list[str]:
+    """Each row's speaker for inner folds; a row without one is its own group."""
+    return [str(m.get("speaker") or m["id"]) for m in dataset.meta]
+
+
+def _fit_line(fit, val_view: str, val_f1: float | None) -> str:
+    """One line: the chosen (k, C), how it was chosen, and the grid's scores."""
+    key = "cv_macro_f1" if fit.inner_folds else "val_macro_f1"
+    how = f"by {fit.inner_folds} speaker-grouped inner folds" if fit.inner_folds else f"on {val_view}"
+    if len(fit.grid) == 1:
+        how = "(the only setting)"
+    feats = f"{fit.k} of {fit.n_features} features" if fit.k < fit.n_features else f"all {fit.n_features} features"
+    scores = ", ".join(f"k={r['k']} C={r['C']:g}: {r[key]:.3f}" for r in fit.grid if r.get(key) is not None)
+    val = f" (val macro_f1 {val_f1:.4f})" if val_f1 is not None and not np.isnan(val_f1) else ""
+    return f"C {fit.C:g}, {feats}, chosen {how}{val}" + (f"; grid: {scores}" if scores else "")
 
 
 def _matrix(model, dataset) -> np.ndarray:
@@ -106,23 +129,24 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
         fit = fit_linear(_matrix(model, train_set), train_set.label_ids, len(labels), kind=lin.kind,
                          x_val=_matrix(model, val_set), y_val=val_set.label_ids, Cs=list(lin.Cs),
                          class_weight=None if lin.class_weight == "none" else lin.class_weight,
-                         max_iter=lin.max_iter, seed=cfg.run.seed)
+                         max_iter=lin.max_iter, seed=cfg.run.seed, ks=list(lin.select_k),
+                         groups=_groups(train_set), inner_folds=lin.inner_folds)
         model.load_linear(fit.weight, fit.bias)
         with torch.no_grad():
             val_pred = model(val_set[list(range(len(val_set)))]).argmax(-1).numpy()
         val_metrics = compute_metrics(val_set.label_ids, val_pred, labels)
-        val_row = {"epoch": 1, "C": fit.C, **{k: v for k, v in val_metrics.items() if isinstance(v, float)}}
+        val_row = {"epoch": 1, "C": fit.C, "k": fit.k, **{k: v for k, v in val_metrics.items() if isinstance(v, float)}}
         for k, row in enumerate(fit.grid, 1):
-            append_csv_row(run_dir / "metrics_val.csv", {"epoch": k, "C": row["C"],
-                                                         "macro_f1": row["val_macro_f1"]})
+            append_csv_row(run_dir / "metrics_val.csv", {"epoch": k, "C": row["C"], "k": row["k"],
+                                                         "macro_f1": row["val_macro_f1"],
+                                                         "cv_macro_f1": row.get("cv_macro_f1")})
         atomic_write_text(run_dir / FIT_JSON, json.dumps(fit.record(), indent=2) + "\n")
         # A fitted baseline is a finished run: last.pt says its training is over (epoch = train.epochs).
         state = {EPOCH_KEY: cfg.train.epochs, MODEL_KEY: model.state_dict(), LABELS_KEY: labels,
                  VAL_METRICS_KEY: val_row, **extra, CONFIG_KEY: to_dict(cfg)}
         for name in ("best", "last"):
             save_checkpoint(state, run_dir / "checkpoints" / f"{name}.pt")
-        print(f"C {fit.C:g} chosen on {cfg.data.val_view} (val macro_f1 {val_metrics['macro_f1']:.4f}); grid: "
-              + ", ".join(f"{r['C']:g}: {r['val_macro_f1']:.3f}" for r in fit.grid))
+        print(_fit_line(fit, cfg.data.val_view, val_metrics.get("macro_f1")))
         result.fit = FitResult(1, float(val_metrics[cfg.train.best_metric]) if cfg.train.best_metric in val_metrics
                                else float(val_metrics["macro_f1"]), 1, False)
     calibrate_run(run_dir, features.model_from_checkpoint(run_dir, cfg.eval.checkpoint, device, [val_set], cfg),
