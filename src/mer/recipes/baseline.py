@@ -83,7 +83,7 @@ def _fit_line(fit, val_view: str, val_f1: float | None) -> str:
         how = "(the only setting)"
     feats = f"{fit.k} of {fit.n_features} features" if fit.k < fit.n_features else f"all {fit.n_features} features"
     scores = ", ".join(f"k={r['k']} C={r['C']:g}: {r[key]:.3f}" for r in fit.grid if r.get(key) is not None)
-    val = f" (val macro_f1 {val_f1:.4f})" if val_f1 is not None and not np.isnan(val_f1) else ""
+    val = f" (val macro_f1 {val_f1:.4f})" if not fit.inner_folds and val_f1 is not None and not np.isnan(val_f1) else ""
     return f"C {fit.C:g}, {feats}, chosen {how}{val}" + (f"; grid: {scores}" if scores else "")
 
 
@@ -130,7 +130,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
                          x_val=_matrix(model, val_set), y_val=val_set.label_ids, Cs=list(lin.Cs),
                          class_weight=None if lin.class_weight == "none" else lin.class_weight,
                          max_iter=lin.max_iter, seed=cfg.run.seed, ks=list(lin.select_k),
-                         groups=_groups(train_set), inner_folds=lin.inner_folds)
+                         groups=_groups(train_set), inner_folds=lin.inner_folds, n_jobs=-1)
         model.load_linear(fit.weight, fit.bias)
         with torch.no_grad():
             val_pred = model(val_set[list(range(len(val_set)))]).argmax(-1).numpy()
