@@ -81,6 +81,7 @@ class LinearFit:
             "n_val": self.n_val,
             "k": self.k,
             "n_features": self.n_features,
+            "inner_folds": self.inner_folds,
             "feature_ranking": "ANOVA F on the training rows" if self.k < self.n_features else None,
             "selection": self.selection(),
         }
