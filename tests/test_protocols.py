@@ -123,7 +123,7 @@ def test_linear_baseline_chooses_features_and_c_by_inner_speaker_folds(tmp_path,
     with (run / "metrics_val.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(int(r["k"]), float(r["C"])) for r in rows] == [(g["k"], g["C"]) for g in fit["grid"]]
-    for key, value in (("select_k", "[-1]"), ("inner_folds", "1")):
+    for key, value in (("select_k", "[-1]"), ("inner_folds", "1"), ("inner_folds", "99")):
         assert run_cli(train_cli.main, ["--config", str(config), "--set", f"model.linear.{key}={value}",
                                         "--set", "run.name=bad"]) == 2
         assert f"'model.linear.{key}'" in one_line_error()

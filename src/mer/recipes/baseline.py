@@ -70,6 +70,15 @@ def check_config(cfg: ExperimentConfig) -> None:
                         f"got {lin.inner_folds}")
 
 
+def _check_inner_folds(cfg: ExperimentConfig, train_set) -> None:
+    """Inner folds need at least as many training speakers as folds: said before the run dir exists."""
+    k = cfg.model.linear.inner_folds
+    n = len(set(_groups(train_set)))
+    if k and n < k:
+        raise UserError(f"config key 'model.linear.inner_folds': {k} inner folds, but view {cfg.data.train_view} "
+                        f"has {n} speaker(s)")
+
+
 def _groups(dataset) -> list[str]:
     """Each row's speaker for inner folds; a row without one is its own group."""
     return [str(m.get("speaker") or m["id"]) for m in dataset.meta]
@@ -110,6 +119,7 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
     model, extra = features.build(cfg, store)
     extra.update(features.train_counts(train_set))
     extra.update(features.fit_standardization(cfg, train_set, [val_set, *eval_sets.values()]))
+    _check_inner_folds(cfg, train_set)
     run_dir = prepare_run(loaded, resume=resume)
     write_task_report(run_dir, task_report)
     print(f"run {run_dir}  train {len(train_set)}  val {len(val_set)}  model linear/{cfg.model.linear.kind} "
