@@ -1,7 +1,7 @@
 """`make demo`: the main job end to end on the built-in default, a generated demo corpus (no download).
 
 generate raw RAVDESS + MELD demo corpora (synthesized speech) -> build and validate the manifest -> MFCC + hashed
-text features -> memmap -> train and evaluate FlexibleAT and RobustAT -> end-to-end training of a tiny local WavLM
+text features -> memmap -> train and evaluate FlexibleAT and RobustAT, and a linear baseline -> end-to-end training of a tiny local WavLM
 with the real MiniLM text encoder (a tiny RoBERTa when its package is absent) -> a frame-level CNN over log-mel
 (audio only, with augmentation) -> results on TestA (acted) and TestB (MELD) collected into one comparison table
 (each run also writes its calibration, ECE and reliability diagrams).
@@ -21,7 +21,7 @@ from mer.config import load_config
 from mer.errors import UserError
 from mer.features.extract_mfcc import extract_mfcc_hash
 from mer.models.tiny_encoders import make_tiny_roberta, make_tiny_wavlm, minilm_path
-from mer.recipes import end_to_end, features, frame
+from mer.recipes import baseline, end_to_end, features, frame
 from mer.recipes.common import eval_table
 from mer.reporting.collect import collect_and_report
 
@@ -66,9 +66,11 @@ def run_demo(out: Path, configs: Path, seed: int = 0, jobs: int | None = None, s
     extract_mfcc_hash(manifest, store, memmap=memmap, jobs=jobs)
     print(f"({time.perf_counter() - t0:.1f}s)")
 
-    t0 = _step("4/7 train + evaluate FlexibleAT and RobustAT (TestA = acted test, TestB = MELD test)")
+    t0 = _step("4/7 train + evaluate FlexibleAT and RobustAT (TestA = acted test, TestB = MELD test), and the linear "
+               "baseline with its features and C chosen by inner speaker folds")
     for run_name, config in FEATURE_RUNS:
         _train_once(features, out / "runs" / run_name, configs / config, [f"data.store={memmap}"])
+    _train_once(baseline, out / "runs" / "demo_linear", configs / "demo_linear.yaml", [f"data.store={memmap}"])
     print(f"({time.perf_counter() - t0:.1f}s)")
 
     minilm = minilm_path()
