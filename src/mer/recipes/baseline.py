@@ -84,15 +84,18 @@ def _groups(dataset) -> list[str]:
     return [str(m.get("speaker") or m["id"]) for m in dataset.meta]
 
 
-def _fit_line(fit, val_view: str, val_f1: float | None) -> str:
-    """One line: the chosen (k, C), how it was chosen, and the grid's scores."""
+def _fit_line(fit, val_view: str, val_f1: float | None, on_train: bool = False) -> str:
+    """One line: the chosen (k, C), how it was chosen, its macro-F1 on the val view (said to be training rows when
+    they are), and the grid's scores."""
     key = "cv_macro_f1" if fit.inner_folds else "val_macro_f1"
     how = f"by {fit.inner_folds} speaker-grouped inner folds" if fit.inner_folds else f"on {val_view}"
     if len(fit.grid) == 1:
         how = "(the only setting)"
     feats = f"{fit.k} of {fit.n_features} features" if fit.k < fit.n_features else f"all {fit.n_features} features"
     scores = ", ".join(f"k={r['k']} C={r['C']:g}: {r[key]:.3f}" for r in fit.grid if r.get(key) is not None)
-    val = f" (val macro_f1 {val_f1:.4f})" if not fit.inner_folds and val_f1 is not None and not np.isnan(val_f1) else ""
+    val = ""
+    if val_f1 is not None and not np.isnan(val_f1):
+        val = f" ({val_view} macro_f1 {val_f1:.4f}{', training rows' if on_train else ''})"
     return f"C {fit.C:g}, {feats}, chosen {how}{val}" + (f"; grid: {scores}" if scores else "")
 
 
@@ -156,7 +159,8 @@ def train(loaded: LoadedConfig, resume: bool = False) -> RunResult:
                  VAL_METRICS_KEY: val_row, **extra, CONFIG_KEY: to_dict(cfg)}
         for name in ("best", "last"):
             save_checkpoint(state, run_dir / "checkpoints" / f"{name}.pt")
-        print(_fit_line(fit, cfg.data.val_view, val_metrics.get("macro_f1")))
+        on_train = set(val_set.ids) <= set(train_set.ids)  # cv.py --val 0: the "validation" rows are training rows
+        print(_fit_line(fit, cfg.data.val_view, val_metrics.get("macro_f1"), on_train))
         result.fit = FitResult(1, float(val_metrics[cfg.train.best_metric]) if cfg.train.best_metric in val_metrics
                                else float(val_metrics["macro_f1"]), 1, False)
     calibrate_run(run_dir, features.model_from_checkpoint(run_dir, cfg.eval.checkpoint, device, [val_set], cfg),
