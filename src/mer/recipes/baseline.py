@@ -88,15 +88,15 @@ def _fit_line(fit, val_view: str, val_f1: float | None, on_train: bool = False) 
     """One line: the chosen (k, C), how it was chosen, its macro-F1 on the val view (said to be training rows when
     they are), and the grid's scores."""
     key = "cv_macro_f1" if fit.inner_folds else "val_macro_f1"
-    how = f"by {fit.inner_folds} speaker-grouped inner folds" if fit.inner_folds else f"on {val_view}"
+    how = f"chosen by {fit.inner_folds} speaker-grouped inner folds" if fit.inner_folds else f"chosen on {val_view}"
     if len(fit.grid) == 1:
-        how = "(the only setting)"
+        how = "the only setting"
     feats = f"{fit.k} of {fit.n_features} features" if fit.k < fit.n_features else f"all {fit.n_features} features"
     scores = ", ".join(f"k={r['k']} C={r['C']:g}: {r[key]:.3f}" for r in fit.grid if r.get(key) is not None)
     val = ""
     if val_f1 is not None and not np.isnan(val_f1):
         val = f" ({val_view} macro_f1 {val_f1:.4f}{', training rows' if on_train else ''})"
-    return f"C {fit.C:g}, {feats}, chosen {how}{val}" + (f"; grid: {scores}" if scores else "")
+    return f"C {fit.C:g}, {feats}, {how}{val}" + (f"; grid: {scores}" if scores else "")
 
 
 def _matrix(model, dataset) -> np.ndarray:

@@ -221,8 +221,8 @@ def fit_linear(
         raise UserError(f"choosing among {len(grid_pairs)} (features, C) settings needs validation rows; give a "
                         "validation view, inner folds over the training speakers, or one setting")
 
-    order = anova_order(x_train, y_train) if any(k < x_train.shape[1] for k, _ in grid_pairs) else None
-    order = np.arange(x_train.shape[1]) if order is None else order
+    dropped = any(k < x_train.shape[1] for k, _ in grid_pairs)
+    order = anova_order(x_train, y_train) if dropped else np.arange(x_train.shape[1])
     grid: list[dict] = []
     if inner is not None:
         scores = _inner_cv_scores(kind, grid_pairs, x_train, y_train, inner, class_weight, max_iter, seed, n_jobs)
@@ -290,9 +290,10 @@ def _inner_cv_scores(kind, grid_pairs, x, y, inner, class_weight, max_iter, seed
 def _inner_fold_predictions(kind, grid_pairs, x, y, held, class_weight, max_iter, seed) -> np.ndarray:
     """[len(grid_pairs), len(held)] predictions for one inner fold's held-out rows."""
     fit_rows = np.setdiff1d(np.arange(len(y)), held)
-    order = anova_order(x[fit_rows], y[fit_rows])
+    x_fit, y_fit, x_held = x[fit_rows], y[fit_rows], x[held]
+    order = anova_order(x_fit, y_fit)
     out = np.zeros((len(grid_pairs), len(held)), dtype=np.int64)
     for i, (k, c) in enumerate(grid_pairs):
-        est, _ = _fit_top(kind, k, c, x[fit_rows], y[fit_rows], order, class_weight, max_iter, seed)
-        out[i] = est.predict(x[held][:, order[:k]])
+        est, _ = _fit_top(kind, k, c, x_fit, y_fit, order, class_weight, max_iter, seed)
+        out[i] = est.predict(x_held[:, order[:k]])
     return out
