@@ -7,7 +7,9 @@
 Schemes (the `scheme` string):
 
 - `speakers:K`: K folds grouped by speaker, stratified by label as far as the speakers allow
-  (scikit-learn's StratifiedGroupKFold, shuffled with `seed`; deterministic for a seed and any row order).
+  (scikit-learn's StratifiedGroupKFold, shuffled with `seed`; deterministic for a seed and any row order). Its
+  greedy assignment orders speakers by their label mix, so the seed only breaks ties: with few speakers, other
+  seeds often give the same folds (use `file:` folds or `loso` to vary them on purpose).
 - `loso`: leave one speaker out (one fold per speaker).
 - `group:<field>`: leave one value of a manifest field out (`group:session`, `group:dataset`).
 - `file:<path>` (or a path ending in .json / .csv): explicit folds. Either an assignment, `id -> fold` or
@@ -123,8 +125,9 @@ def _fold_names(n: int) -> list[str]:
 def grouped_kfold(labels, groups, k: int, seed: int) -> list[list[int]]:
     """k folds of whole groups (speakers), stratified by label as far as the groups allow; each fold's row indices.
 
-    scikit-learn's StratifiedGroupKFold shuffled with `seed`, with the rows taken in the given order; the folds are
-    sorted by their first group (natural order). Deterministic for (labels, groups, k, seed).
+    scikit-learn's StratifiedGroupKFold shuffled with `seed` (which only breaks ties of its greedy assignment), with
+    the rows taken in the given order; the folds are sorted by their first group (natural order). Deterministic for
+    (labels, groups, k, seed).
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
