@@ -8,8 +8,8 @@ Schemes (the `scheme` string):
 
 - `speakers:K`: K folds grouped by speaker, stratified by label as far as the speakers allow
   (scikit-learn's StratifiedGroupKFold, shuffled with `seed`; deterministic for a seed and any row order). Its
-  greedy assignment orders speakers by their label mix, so the seed only breaks ties: with few speakers, other
-  seeds often give the same folds (use `file:` folds or `loso` to vary them on purpose).
+  greedy assignment orders speakers by the spread of their label counts, so the seed only breaks ties: with few
+  speakers, other seeds often give the same folds (use `file:` folds or `loso` to vary them on purpose).
 - `loso`: leave one speaker out (one fold per speaker).
 - `group:<field>`: leave one value of a manifest field out (`group:session`, `group:dataset`).
 - `file:<path>` (or a path ending in .json / .csv): explicit folds. Either an assignment, `id -> fold` or
