@@ -49,6 +49,8 @@ def test_compare_linear_baseline_reproduces_the_standard_figures(tmp_path):
     assert script.main([*argv, "--config", str(select), "--set", "data.speaker_norm=true"]) == 0
     sel = json.loads((out / "cv_emodb_compare_select_data-speaker_norm-true" / "cv_summary.json").read_text())
     assert abs(sel["pooled"]["macro_f1"] - 0.891) <= 0.02, sel["pooled"]
-    for fit_json in (out / "cv_emodb_compare_select_data-speaker_norm-true" / "runs").glob("*/linear_fit.json"):
+    fit_jsons = sorted((out / "cv_emodb_compare_select_data-speaker_norm-true" / "runs").glob("*/linear_fit.json"))
+    assert len(fit_jsons) == 5
+    for fit_json in fit_jsons:
         fit = json.loads(fit_json.read_text())  # chosen inside the fold's training speakers, from the config's grid
         assert fit["inner_folds"] == 4 and fit["k"] in (500, 1000, 2000, 3000, 6373) and fit["C"] in (0.03, 0.1, 0.3)

@@ -1,10 +1,10 @@
 """`make demo`: the main job end to end on the built-in default, a generated demo corpus (no download).
 
 generate raw RAVDESS + MELD demo corpora (synthesized speech) -> build and validate the manifest -> MFCC + hashed
-text features -> memmap -> train and evaluate FlexibleAT and RobustAT, and a linear baseline -> end-to-end training of a tiny local WavLM
-with the real MiniLM text encoder (a tiny RoBERTa when its package is absent) -> a frame-level CNN over log-mel
-(audio only, with augmentation) -> results on TestA (acted) and TestB (MELD) collected into one comparison table
-(each run also writes its calibration, ECE and reliability diagrams).
+text features -> memmap -> train and evaluate FlexibleAT and RobustAT, and fit the linear baseline -> end-to-end
+training of a tiny local WavLM with the real MiniLM text encoder (a tiny RoBERTa when its package is absent) -> a
+frame-level CNN over log-mel (audio only, with augmentation) -> results on TestA (acted) and TestB (MELD)
+collected into one comparison table (each run also writes its calibration, ECE and reliability diagrams).
 
 Every step is skipped when its output is already there, so a rerun only redoes what is missing. The dataset
 builder is a separate project: it is run as `python -m mer_builder` (MER meets it only at the manifest file).
