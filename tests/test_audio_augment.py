@@ -92,6 +92,9 @@ def test_spec_augment_writes_the_same_cells_on_the_cpu_and_on_accelerators(monke
             batched = spec_augment(feats, fl, gen(seed), 3, 10, 3, 30, fill=fill)
         assert torch.equal(rows, batched) and not torch.equal(rows, feats)
         assert torch.equal(feats, before)
+        given = feats.clone()  # inplace: the same cells written into the tensor it was given (the CPU: no copy)
+        out = spec_augment(given, fl, gen(seed), 3, 10, 3, 30, fill=fill, inplace=True)
+        assert out.data_ptr() == given.data_ptr() and torch.equal(out, rows)
 
 
 # -- waveform ------------------------------------------------------------------------------------------------

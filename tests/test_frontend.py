@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mer.models.frontend import LogMelFrontend, mel_bands, reflect_index
+from mer.models.frontend import LogMelFrontend, mel_bands, reflect_index, zero_tails_
 
 SR = 16000
 TOL = 1e-3  # max abs difference on log values allowed against librosa (measured: < 1e-4)
@@ -177,3 +177,15 @@ def test_no_state_in_the_state_dict_and_bad_settings():
     ):
         with pytest.raises(ValueError):
             LogMelFrontend(**bad)
+
+
+@pytest.mark.parametrize("shape", [(4, 50), (4, 6, 50)])
+def test_zero_tails_row_by_row_equals_one_masked_fill(shape):
+    """The CPU's per-row fills and an accelerator's masked fill zero the same cells, for waves [B, T] and log-mels
+    [B, n_mels, F]: everything past each row's length (a negative length zeroes the row), nothing before it."""
+    lengths = torch.tensor([50, 17, 0, -3])
+    x = torch.randn(shape)
+    rows, masked = zero_tails_(x.clone(), lengths, row_wise=True), zero_tails_(x.clone(), lengths, row_wise=False)
+    assert torch.equal(rows, masked)
+    keep = (torch.arange(50) < lengths.clamp_min(0).view(-1, *([1] * (len(shape) - 1))))
+    assert torch.equal(rows, torch.where(keep, x, torch.zeros(())))

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mer.models.frontend import lengths_to_mask
+from mer.models.frontend import lengths_to_mask, zero_tails_
 
 Range = tuple[float, float]
 
@@ -94,15 +94,8 @@ def _row_wise(x: Tensor) -> bool:
 
 
 def _zero_tails_(x: Tensor, lengths: Tensor) -> Tensor:
-    """In place, on a tensor the caller just made: row r past lengths[r] (last dim) set to 0 (on the CPU one small
-    fill per row of padding, not a masked pass over the whole batch)."""
-    t = x.shape[-1]
-    if not _row_wise(x):
-        return x.masked_fill_(~lengths_to_mask(lengths.to(x.device), t), 0)
-    for r, n in enumerate(lengths.tolist()):
-        if n < t:
-            x[r, max(int(n), 0):] = 0
-    return x
+    """`frontend.zero_tails_` under this module's `_row_wise` policy (tests force the accelerator code with it)."""
+    return zero_tails_(x, lengths, _row_wise(x))
 
 
 # -- waveform ------------------------------------------------------------------------------------------------
@@ -494,10 +487,12 @@ def spec_augment(
     time_masks: int = 2,
     time_width: int = 20,
     fill: str = "mean",
+    inplace: bool = False,
 ) -> Tensor:
     """SpecAugment on [B, n_mels, F]: frequency and time masks (see `specaugment_masks`), filled with the
     clip's mean over its real cells (`fill="mean"`) or 0 (`fill="zero"`). `feats`' padding frames must be 0, as
-    the front end makes them; they stay 0."""
+    the front end makes them; they stay 0. `inplace`: the caller gives `feats` up (e.g. a front end's fresh
+    output), and on the CPU the masked cells are written into it instead of a copy."""
     if fill not in ("mean", "zero"):
         raise ValueError(f"spec_augment: fill must be 'mean' or 'zero', got {fill!r}")
     b, n_mels, n_frames = feats.shape
@@ -516,7 +511,8 @@ def spec_augment(
     if not _row_wise(feats):  # two selects with broadcast conditions (no reads of device values)
         out = torch.where(fmask.unsqueeze(2), band_value.unsqueeze(1), feats)
         return torch.where(tmask.unsqueeze(1), value.view(b, 1, 1), out)
-    out = feats.clone()  # on the CPU the masked cells are written by index: only they are touched (2x faster)
+    out = feats if inplace else feats.clone()  # on the CPU the masked cells are written by index: only they are
+    # touched (2x faster than two selects)
     rows, bins = fmask.nonzero(as_tuple=True)
     out[rows, bins] = band_value.index_select(0, rows)
     rows, frames = tmask.nonzero(as_tuple=True)
@@ -665,8 +661,8 @@ class AudioAugment:
     def _max_shift(self) -> int:
         return round(self.shift_s * self.sample_rate)
 
-    def apply_spec(self, feats: Tensor, frame_lengths: Tensor, gen: torch.Generator) -> Tensor:
-        """SpecAugment with these settings (feats unchanged when it is off)."""
+    def apply_spec(self, feats: Tensor, frame_lengths: Tensor, gen: torch.Generator, inplace: bool = False) -> Tensor:
+        """SpecAugment with these settings (feats unchanged when it is off; `inplace`: see `spec_augment`)."""
         if not self.spec_enabled:
             return feats
         return spec_augment(
@@ -678,6 +674,7 @@ class AudioAugment:
             self.time_masks,
             self.time_width,
             self.spec_fill,
+            inplace,
         )
 
     def apply_mixup(

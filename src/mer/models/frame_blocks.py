@@ -133,7 +133,8 @@ class MelModel(nn.Module):
 
     `spec_augment`: an optional callable (feats [B, n_mels, F], frame_lengths [B]) -> feats, applied in
     training mode only, between the front end and the network (e.g. `functools.partial(augment.apply_spec,
-    gen=gen)`). It is not a submodule and is not saved in the state dict.
+    gen=gen)`); it may overwrite the front end's output it is given. It is not a submodule and is not saved in
+    the state dict.
     """
 
     frontend: LogMelFrontend

@@ -34,6 +34,20 @@ def lengths_to_mask(lengths: Tensor, total: int) -> Tensor:
     return torch.arange(total, device=lengths.device).unsqueeze(0) < lengths.to(torch.long).unsqueeze(1)
 
 
+def zero_tails_(x: Tensor, lengths: Tensor, row_wise: bool | None = None) -> Tensor:
+    """In place: x [B, ..., T] past lengths[b] along the last dim set to 0 in row b; returns x. `row_wise` (default:
+    on the CPU): one small fill per row that has padding (a masked pass over a [B, 80, F] log-mel batch cost 4x as
+    much: 4.6 vs 1.1 ms for 256 clips); else one `masked_fill_` (an accelerator: no reads of device values)."""
+    t = x.shape[-1]
+    if not (x.device.type == "cpu" if row_wise is None else row_wise):
+        mask = lengths_to_mask(lengths.to(x.device), t)
+        return x.masked_fill_(~mask.view(mask.shape[0], *([1] * (x.ndim - 2)), t), 0)
+    for r, n in enumerate(lengths.tolist()):
+        if n < t:
+            x[r, ..., max(int(n), 0):] = 0
+    return x
+
+
 def mel_bands(fb: np.ndarray, rows: int = 8) -> list[tuple[int, int, int, int]]:
     """The filterbank [n_mels, K] as blocks of `rows` consecutive filters with the bins they touch: [(row_start,
     row_end, bin_start, bin_end)]. A mel filter is nonzero on a few bins only (80 slaney filters over 201 bins:
@@ -210,11 +224,13 @@ class LogMelFrontend(nn.Module):
                              for r0, r1, lo, hi in self.mel_bands], 1)  # [B, n_mels, F]
             feats = mel.add_(self.log_offset).log_()
             frame_lengths = self.frame_lengths(lengths)
-            frame_mask = lengths_to_mask(frame_lengths, feats.shape[-1]).unsqueeze(1)  # [B, 1, F]
+            frame_mask = None
+            if graph or stats is not None or self.normalize != "none":
+                frame_mask = lengths_to_mask(frame_lengths, feats.shape[-1]).unsqueeze(1)  # [B, 1, F]
             if graph:
                 feats = torch.where(frame_mask, feats, torch.zeros((), dtype=feats.dtype, device=feats.device))
             else:
-                feats = feats.masked_fill_(~frame_mask, 0)
+                feats = zero_tails_(feats, frame_lengths)
             if stats is not None:
                 mean, std = (torch.as_tensor(t, device=feats.device, dtype=feats.dtype).unsqueeze(-1) for t in stats)
                 feats = torch.where(frame_mask, (feats - mean) / std,

@@ -134,7 +134,8 @@ class FrameAugmenter:
         def spec_augment(feats: Tensor, frame_lengths: Tensor) -> Tensor:
             if augmenter.gen is None:
                 raise RuntimeError("spec_augment ran before the loop passed its generator to the augmenter")
-            return augmenter.augment.apply_spec(feats, frame_lengths, augmenter.gen)
+            # the model hands over its front end's fresh output: written in place, not copied
+            return augmenter.augment.apply_spec(feats, frame_lengths, augmenter.gen, inplace=True)
 
         return spec_augment
 
