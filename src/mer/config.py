@@ -105,7 +105,8 @@ def deep_merge(base: Mapping, over: Mapping) -> dict:
     return out
 
 
-def _load_tree(path: Path, chain: tuple[Path, ...], named_by: Path | None = None) -> dict:
+def load_tree(path: Path, chain: tuple[Path, ...] = (), named_by: Path | None = None) -> dict:
+    """The plain dict of the config at `path` with its `base:` chain merged in (not validated)."""
     real = path.resolve()
     if real in chain:
         names = [_short(p, chain[0]) for p in (*chain[chain.index(real) :], real)]
@@ -120,7 +121,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...], named_by: Path | None = None
         raise UserError(f"{path}: 'base' must be a path or a list of paths, got {bases!r}")
     merged: dict = {}
     for base in bases:
-        merged = deep_merge(merged, _load_tree(path.parent / base, (*chain, real), named_by=path))
+        merged = deep_merge(merged, load_tree(path.parent / base, (*chain, real), named_by=path))
     return deep_merge(merged, data)
 
 
@@ -167,7 +168,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
 def load_config(path: str | Path, overrides: Sequence[str] = (), schema: type = ExperimentConfig) -> LoadedConfig:
     """Read `path`, resolve `base:` inheritance, apply `--set` overrides, validate against `schema`."""
     path = Path(path)
-    merged = apply_overrides(_load_tree(path, ()), overrides)
+    merged = apply_overrides(load_tree(path, ()), overrides)
     cfg = validate(merged, schema)
     return LoadedConfig(cfg=cfg, raw=to_dict(cfg), source=path, overrides=tuple(overrides))
 
