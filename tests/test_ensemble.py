@@ -123,3 +123,59 @@ def test_members_with_other_folds_or_without_validation_are_refused_or_equal(mem
     ens = json.loads((tmp / "ens_eq" / "ensemble.json").read_text())
     assert "cv.py --eval-val" in ens["equal_weights_because"]
     assert all(f["weights"] == [0.5, 0.5] for f in ens["per_fold_weights"])
+
+
+def test_a_matrix_with_its_own_base_per_experiment_and_an_ensemble_row(tmp_path, toy, capsys):  # noqa: F811
+    """One matrix file reproduces a table: experiments on different base configs (one speaker-normalized), and an
+    ensemble row equal to ensemble.py's on the same CV folders; every row says its protocol."""
+    import yaml
+
+    from mer.cli import matrix as matrix_cli
+
+    cfgs = tmp_path / "cfgs"
+    write_config(cfgs, toy["store"], run={"name": "lin"}, data={"views": VIEWS})
+    write_config(cfgs, toy["store"], run={"name": "lin_sn"}, data={"views": VIEWS, "speaker_norm": True},
+                 model={"linear": {"kind": "logreg", "Cs": [0.1]}})
+    matrix = {"base": "cfgs/lin.yaml", "seeds": [0],
+              "cv": {"folds": "speakers:4", "val": "next", "pool_view": "pool", "bootstrap": 100},
+              "experiments": [{"name": "plain"}, {"name": "weak", "set": {"model.linear.Cs": [0.0005]}},
+                              {"name": "sn", "base": "cfgs/lin_sn.yaml"}],
+              "ensembles": [{"name": "pair", "members": ["plain", "weak"], "weights": "equal",
+                             "calibrated": False}]}
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    out = tmp_path / "out"
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out)]) == 0
+    with (out / "matrix_summary.csv").open(newline="") as fh:
+        rows = {r["experiment"].split(" ")[0]: r for r in csv.DictReader(fh)}
+    assert list(rows) == ["plain", "weak", "sn", "pair"]
+    assert [rows[n]["protocol"] for n in rows] == ["per utterance"] * 2 + ["speaker-normalized", "per utterance"]
+    assert "ensemble of plain + weak; equal weights, uncalibrated" in (out / "matrix_summary.md").read_text()
+    by_hand = tmp_path / "by_hand"
+    assert run_cli(ensemble_cli.main, [str(out / "plain"), str(out / "weak"), "--out", str(by_hand), "--weights",
+                                       "equal", "--uncalibrated", "--bootstrap", "100"]) == 0
+    summary = json.loads((by_hand / "cv_summary.json").read_text())
+    assert float(rows["pair"]["pooled_macro_f1"]) == pytest.approx(summary["pooled"]["macro_f1"], abs=1e-4)
+    assert float(rows["plain"]["pooled_macro_f1"]) == pytest.approx(
+        json.loads((out / "plain" / "cv_summary.json").read_text())["pooled"]["macro_f1"], abs=1e-4)
+    # --only an ensemble whose members have run: only the ensemble is recomputed
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "pair"]) == 0
+    # one-line refusals before anything runs
+    capsys.readouterr()
+    for bad, message in (
+            ({"ensembles": [{"name": "x", "members": ["plain", "nope"]}]}, "member 'nope' is not an experiment"),
+            ({"ensembles": [{"name": "plain", "members": ["plain", "weak"]}]}, "duplicate name 'plain'"),
+            ({"ensembles": [{"name": "x", "members": ["plain", "weak"], "weights": "best"}]}, "expected val or equal"),
+            ({"cv": None}, "'ensembles' need a cross-validated matrix"),
+            ({"base": None, "experiments": [{"name": "a"}]}, "no 'base' config")):
+        broken = {**matrix, **bad}
+        broken = {k: v for k, v in broken.items() if v is not None}
+        path.write_text(yaml.safe_dump(broken))
+        assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "never").exists()
+    path.write_text(yaml.safe_dump(matrix))
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "fresh"), "--only", "pair"]) == 2
+    assert "member plain has no finished cross-validation" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()

@@ -10,17 +10,28 @@
         set: {train.loss.name: ce}
       - name: balanced_softmax
         set: {train.loss.name: balanced_softmax}
+      - name: cnn                                  # an experiment may name its own base config (another track)
+        base: ../configs/emodb_frame_cnn.yaml
+    ensembles:                                     # optional, cross-validated matrices only
+      - name: ce+cnn
+        members: [ce, cnn]                         # experiments of this matrix (their first seed)
+        weights: equal                             # or val (chosen on each fold's validation predictions)
+        calibrated: false                          # combine raw probabilities (default: each run's calibrated ones)
 
 Without `cv`, each experiment x seed is one run `<out>/<name>_seed<S>/` and the collected comparison table
 (summary.csv, comparison_report.md; mean ± std over seeds) is written to `<out>`. With `cv`, each experiment is a
 cross-validation `<out>/<name>/` (all seeds) and `matrix_summary.md/.csv` tabulates pooled macro-F1 with its CI and
-the mean ± std over folds. A finished run (or fold) is skipped, a cut-short one resumed (a run folder is judged as
+the mean ± std over folds, each row with its protocol (per utterance or speaker-normalized), then one row per
+ensemble (`mer.recipes.ensemble` over the members' CV folders, written to `<out>/<ensemble name>/`). `base` is
+needed at the top unless every experiment names its own. A finished run (or fold) is skipped, a cut-short one resumed (a run folder is judged as
 a suite judges it, `mer.suites.plan.folder_state`: a start that died before its first checkpoint is redone in place,
 a folder that is neither finished nor resumable stops the matrix).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -32,12 +43,15 @@ from mer.config import LoadedConfig, load_config
 from mer.errors import UserError
 from mer.io import atomic_write_text
 from mer.recipes import recipe_for
+from mer.recipes.cv import SUMMARY_JSON as CV_SUMMARY_JSON
 from mer.recipes.cv import plan_cv, run_cv
+from mer.recipes.ensemble import RULES, plan_ensemble, run_ensemble
 from mer.reporting.collect import collect_and_report
 from mer.suites.plan import BLOCKED, DONE, EVALUATE, RESTART, RESUME, folder_state, name_filter
 
-MATRIX_KEYS = {"base", "set", "seeds", "cv", "experiments"}
-EXPERIMENT_KEYS = {"name", "set"}
+MATRIX_KEYS = {"base", "set", "seeds", "cv", "experiments", "ensembles"}
+EXPERIMENT_KEYS = {"name", "base", "set"}
+ENSEMBLE_KEYS = {"name", "members", "weights", "calibrated", "rule"}
 CV_KEYS = {"folds", "val", "fold_seed", "pool_view", "ensemble_views", "bootstrap"}
 
 
@@ -45,16 +59,27 @@ CV_KEYS = {"folds", "val", "fold_seed", "pool_view", "ensemble_views", "bootstra
 class Experiment:
     name: str
     overrides: list[str]
+    base: Path
+
+
+@dataclass
+class EnsembleSpec:
+    name: str
+    members: list[str]
+    weights: str = "val"
+    calibrated: bool = True
+    rule: str = "logprob"
 
 
 @dataclass
 class Matrix:
     path: Path
-    base: Path
+    base: Path | None
     seeds: list[int]
     experiments: list[Experiment]
     cv: dict | None = None
     common: list[str] = field(default_factory=list)
+    ensembles: list[EnsembleSpec] = field(default_factory=list)
 
 
 def _overrides(value, where: str) -> list[str]:
@@ -83,11 +108,9 @@ def load_matrix(path: str | Path) -> Matrix:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a matrix file is a mapping with base, experiments, ...")
     _unknown(raw, MATRIX_KEYS, str(path))
-    if "base" not in raw or "experiments" not in raw:
-        raise UserError(f"{path}: needs 'base' (a config file) and 'experiments' (a list)")
-    base = (path.parent / str(raw["base"])).resolve()
-    if not base.is_file():
-        raise UserError(f"{path}: base config not found: {base}")
+    if "experiments" not in raw:
+        raise UserError(f"{path}: needs 'experiments' (a list) and a 'base' config (here or in every experiment)")
+    base = _base_file(path, raw["base"], str(path)) if "base" in raw else None
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise UserError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
@@ -111,13 +134,59 @@ def load_matrix(path: str | Path) -> Matrix:
         if entry["name"] in seen:
             raise UserError(f"{where}: duplicate name {entry['name']!r}")
         seen.add(entry["name"])
-        exp = Experiment(entry["name"], _overrides(entry.get("set"), where))
+        exp_base = _base_file(path, entry["base"], where) if "base" in entry else base
+        if exp_base is None:
+            raise UserError(f"{where} ({entry['name']}): no 'base' config (give one here or at the top)")
+        exp = Experiment(entry["name"], _overrides(entry.get("set"), where), exp_base)
         try:
-            load_config(base, [*common, *exp.overrides])
+            load_config(exp.base, [*common, *exp.overrides])
         except UserError as exc:
             raise UserError(f"{where} ({exp.name}): {exc}") from None
         experiments.append(exp)
-    return Matrix(path, base, seeds, experiments, cv, common)
+    ensembles = _ensembles(raw.get("ensembles"), path, seen, cv is not None)
+    return Matrix(path, base, seeds, experiments, cv, common, ensembles)
+
+
+def _base_file(path: Path, value, where: str) -> Path:
+    base = (path.parent / str(value)).resolve()
+    if not base.is_file():
+        raise UserError(f"{where}: base config not found: {base}")
+    return base
+
+
+def _ensembles(raw, path: Path, experiments: set[str], cross_validated: bool) -> list[EnsembleSpec]:
+    """The `ensembles` entries, checked: cross-validated matrices only, members among the experiments."""
+    if raw is None:
+        return []
+    if not cross_validated:
+        raise UserError(f"{path}: 'ensembles' need a cross-validated matrix ('cv'): they combine CV folders")
+    if not isinstance(raw, list):
+        raise UserError(f"{path}: 'ensembles' must be a list")
+    out, names = [], set(experiments)
+    for i, entry in enumerate(raw, 1):
+        where = f"{path}: ensemble {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise UserError(f"{where}: needs a 'name'")
+        _unknown(entry, ENSEMBLE_KEYS, where)
+        if entry["name"] in names:
+            raise UserError(f"{where}: duplicate name {entry['name']!r} (experiment and ensemble names are shared)")
+        names.add(entry["name"])
+        members = entry.get("members")
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+            raise UserError(f"{where} ({entry['name']}): 'members' must list 2 or more experiment names")
+        unknown = [m for m in members if m not in experiments]
+        if unknown:
+            raise UserError(f"{where} ({entry['name']}): member {unknown[0]!r} is not an experiment of this matrix")
+        spec = EnsembleSpec(entry["name"], members, str(entry.get("weights", "val")),
+                            entry.get("calibrated", True), str(entry.get("rule", "logprob")))
+        if spec.weights not in ("val", "equal"):
+            raise UserError(f"{where} ({spec.name}): weights {spec.weights!r}: expected val or equal")
+        if not isinstance(spec.calibrated, bool):
+            raise UserError(f"{where} ({spec.name}): calibrated must be true or false, got {spec.calibrated!r}")
+        if spec.rule not in RULES:
+            raise UserError(f"{where} ({spec.name}): rule {spec.rule!r}: expected one of {', '.join(RULES)}")
+        out.append(spec)
+    return out
 
 
 def _plan_run(m: Matrix, exp: Experiment, seed: int, out: Path) -> tuple[str, LoadedConfig, str, str]:
@@ -125,7 +194,7 @@ def _plan_run(m: Matrix, exp: Experiment, seed: int, out: Path) -> tuple[str, Lo
     name = f"{exp.name}_seed{seed}"
     overrides = [*m.common, *exp.overrides, f"run.name={name}", f"run.output_root={json.dumps(str(out))}",
                  f"run.seed={seed}", "train.progress=false"]
-    loaded = load_config(m.base, overrides)
+    loaded = load_config(exp.base, overrides)
     return (name, loaded, *folder_state(name, out / name, loaded.cfg))
 
 
@@ -142,12 +211,21 @@ def _run_one(out: Path, name: str, loaded: LoadedConfig, state: str, detail: str
 def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_run: bool = False) -> str:
     """Run the selected experiments (all seeds); return the comparison table (also written under `out`)."""
     out = Path(out)
-    selected = name_filter(only or [], [e.name for e in m.experiments])
+    selected = name_filter(only or [], [e.name for e in m.experiments] + [e.name for e in m.ensembles])
     todo = [e for e in m.experiments if selected(e.name)]
+    ensembles = [e for e in m.ensembles if selected(e.name)]
     if dry_run:
-        lines = [f"matrix {m.path} (base {m.base}; seeds {m.seeds}{'; cross-validated' if m.cv else ''})"]
-        lines += [f"  {e.name}: --set {' '.join([*m.common, *e.overrides])}" for e in todo]
+        lines = [f"matrix {m.path} (seeds {m.seeds}{'; cross-validated' if m.cv else ''})"]
+        lines += [f"  {e.name}: {e.base.name} --set {' '.join([*m.common, *e.overrides])}" for e in todo]
+        lines += [f"  {e.name}: ensemble of {', '.join(e.members)} ({e.weights} weights, "
+                  f"{'calibrated' if e.calibrated else 'uncalibrated'})" for e in ensembles]
         return "\n".join(lines)
+    running = {e.name for e in todo}
+    for ens in ensembles:  # before anything trains: every member runs now or has run
+        missing = [n for n in ens.members if n not in running and not (out / n / CV_SUMMARY_JSON).is_file()]
+        if missing:
+            raise UserError(f"ensemble {ens.name}: member {missing[0]} has no finished cross-validation in {out} "
+                            "(run it too: widen --only)")
     if m.cv is None:
         runs = [_plan_run(m, exp, seed, out) for exp in todo for seed in m.seeds]
         blocked = next((r for r in runs if r[2] == BLOCKED), None)
@@ -157,22 +235,40 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
             _run_one(out, *run)
         return collect_and_report(out, progress=False)
     rows = []
+    cv = m.cv
+    n_boot = int(cv.get("bootstrap", 1000))
     for exp in todo:
-        cv = m.cv
-        plan = plan_cv(m.base, [*m.common, *exp.overrides], str(cv["folds"]), out / exp.name, m.seeds,
+        plan = plan_cv(exp.base, [*m.common, *exp.overrides], str(cv["folds"]), out / exp.name, m.seeds,
                        val=cv.get("val", "next"), fold_seed=int(cv.get("fold_seed", 0)),
                        pool_view=cv.get("pool_view"), ensemble_views=cv.get("ensemble_views"))
-        s = run_cv(plan, n_boot=int(cv.get("bootstrap", 1000)), quiet=True)
+        s = run_cv(plan, n_boot=n_boot, quiet=True)
         seeds = s["per_seed"]
         pooled = [v["pooled_macro_f1"] for v in seeds.values()]
-        rows.append((exp.name, s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"],
-                     s["std"]["macro_f1"], sum(pooled) / len(pooled), len(seeds)))
-    md = ["| experiment | pooled macro-F1 (first seed) [95 % CI] | mean ± std over folds | pooled, mean over seeds |"
-          " seeds |", "| --- | ---: | ---: | ---: | ---: |"]
-    csv = ["experiment,pooled_macro_f1,ci_lo,ci_hi,fold_mean,fold_std,pooled_mean_over_seeds,seeds"]
-    for name, p, ci, mean, std, over, n in rows:
-        md.append(f"| {name} | {p:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {mean:.3f} ± {std:.3f} | {over:.3f} | {n} |")
-        csv.append(f"{name},{p:.4f},{ci[0]:.4f},{ci[1]:.4f},{mean:.4f},{std:.4f},{over:.4f},{n}")
+        rows.append((exp.name, _protocol_name(s), s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"],
+                     s["std"]["macro_f1"], sum(pooled) / len(pooled), str(len(seeds))))
+    for ens in ensembles:
+        plan = plan_ensemble([out / n for n in ens.members], out / ens.name, rule=ens.rule, weights=ens.weights,
+                             calibrated=ens.calibrated)
+        s = run_ensemble(plan, n_boot=n_boot)
+        how = f"{ens.weights} weights, {'calibrated' if ens.calibrated else 'uncalibrated'}"
+        rows.append((f"{ens.name} (ensemble of {' + '.join(ens.members)}; {how})", _protocol_name(s),
+                     s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"], s["std"]["macro_f1"],
+                     s["pooled"]["macro_f1"], "first"))
+    md = ["| experiment | protocol | pooled macro-F1 (first seed) [95 % CI] | mean ± std over folds | pooled, mean "
+          "over seeds | seeds |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["experiment", "protocol", "pooled_macro_f1", "ci_lo", "ci_hi", "fold_mean", "fold_std",
+                     "pooled_mean_over_seeds", "seeds"])
+    for name, proto, p, ci, mean, std, over, n in rows:
+        md.append(f"| {name} | {proto} | {p:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {mean:.3f} ± {std:.3f} | {over:.3f} "
+                  f"| {n} |")
+        writer.writerow([name, proto, *(f"{v:.4f}" for v in (p, ci[0], ci[1], mean, std, over)), n])
     atomic_write_text(out / "matrix_summary.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "matrix_summary.csv", "\n".join(csv) + "\n")
+    atomic_write_text(out / "matrix_summary.csv", table.getvalue())
     return "\n".join(md)
+
+
+def _protocol_name(summary: dict) -> str:
+    """How a row's figures were made: speaker-normalized ones are never read as per-utterance ones."""
+    return "speaker-normalized" if summary.get("protocol", {}).get("speaker_norm") else "per utterance"
