@@ -14,7 +14,7 @@
         base: ../configs/emodb_frame_cnn.yaml
     ensembles:                                     # optional, cross-validated matrices only
       - name: ce+cnn
-        members: [ce, cnn]                         # experiments of this matrix (their first seed)
+        members: [ce, cnn]                         # experiments of this matrix (each: its seeds combined)
         weights: equal                             # or val (chosen on each fold's validation predictions)
         calibrated: false                          # combine raw probabilities (default: each run's calibrated ones)
 
@@ -23,9 +23,9 @@ Without `cv`, each experiment x seed is one run `<out>/<name>_seed<S>/` and the 
 cross-validation `<out>/<name>/` (all seeds) and `matrix_summary.md/.csv` tabulates pooled macro-F1 with its CI and
 the mean ± std over folds, each row with its protocol (per utterance or speaker-normalized), then one row per
 ensemble (`mer.recipes.ensemble` over the members' CV folders, written to `<out>/<ensemble name>/`). `base` is
-needed at the top unless every experiment names its own. A finished run (or fold) is skipped, a cut-short one resumed (a run folder is judged as
-a suite judges it, `mer.suites.plan.folder_state`: a start that died before its first checkpoint is redone in place,
-a folder that is neither finished nor resumable stops the matrix).
+needed at the top unless every experiment names its own. A finished run (or fold) is skipped, a cut-short one
+resumed (a run folder is judged as a suite judges it, `mer.suites.plan.folder_state`: a start that died before its
+first checkpoint is redone in place, a folder that is neither finished nor resumable stops the matrix).
 """
 
 from __future__ import annotations
