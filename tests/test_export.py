@@ -273,3 +273,17 @@ def test_an_export_failing_its_parity_check_is_refused_and_leaves_no_file(tmp_pa
     with pytest.raises(UserError, match="exported probabilities differ from PyTorch's"):
         export_mod.export_run(run, tmp_path / "out")
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_onnx_runtime_is_used_with_its_telemetry_off(monkeypatch):
+    """ONNX Runtime's native library sends usage events to Microsoft unless told not to (seen in this suite as a
+    CONNECT to mobile.events.data.microsoft.com); every session MER opens goes through `export.onnxruntime()`."""
+    import onnxruntime as ort
+
+    from mer.serving import export
+
+    calls = []
+    monkeypatch.setattr(ort, "disable_telemetry_events", lambda: calls.append(1))
+    assert export.onnxruntime() is ort and calls == [1]
+    source = Path(export.__file__).read_text()
+    assert source.count("import onnxruntime") == 1  # no other way in

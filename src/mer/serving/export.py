@@ -232,8 +232,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, checkp
                 with torch.no_grad():
                     compare("torchscript", [tuple(y.numpy() for y in loaded(*x)) for x in checks])
             if "onnx" in formats:
-                import onnxruntime as ort
-
+                ort = onnxruntime()
                 written.append(out / (ONNX_FILE + ".tmp"))
                 torch.onnx.export(graph, example, str(written[-1]), input_names=names,
                                   output_names=["logits", "probs"], opset_version=opset, dynamo=False,
@@ -333,12 +332,20 @@ def _normalization(p: Predictor) -> dict:
     return norm
 
 
+def onnxruntime():
+    """The `onnxruntime` module with its telemetry off: its native library otherwise sends usage events to
+    Microsoft from a background thread (through any proxy set in the environment); MER runs offline."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort
+
+
 class OnnxModel:
     """An exported folder run with ONNX Runtime: `probs(**inputs)` -> [batch, C] (inputs as numpy arrays)."""
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
+        ort = onnxruntime()
         folder = Path(folder)
         self.meta = json.loads((folder / EXPORT_JSON).read_text(encoding="utf-8"))
         opts = ort.SessionOptions()
