@@ -25,6 +25,19 @@ def one_corpus_manifest(tmp_path, text: bool):
     return manifest
 
 
+def extract_and_train(tmp_path, manifest, out):
+    """eGeMAPS functionals of the manifest into the store the written config names (tmp_path/mm), then train the
+    config as written (runs under tmp_path/runs); -> the run dir."""
+    assert run_cli(extract_opensmile.main, ["--manifest", str(manifest), "--out", str(tmp_path / "st"),
+                                            "--feature-set", "eGeMAPSv02", "--memmap", str(tmp_path / "mm"),
+                                            "--jobs", "1", "--quiet"]) == 0
+    raw = yaml.safe_load(out.read_text())
+    raw["run"]["output_root"] = str(tmp_path / "runs")
+    out.write_text(yaml.safe_dump(raw))
+    assert run_cli(train_cli.main, ["--config", str(out)]) == 0
+    return tmp_path / "runs" / raw["run"]["name"]
+
+
 def test_an_audio_only_corpus_gets_an_audio_config_whose_views_all_serve_it(tmp_path, capsys):
     manifest = one_corpus_manifest(tmp_path, text=False)
     out = tmp_path / "my.yaml"
@@ -38,14 +51,8 @@ def test_an_audio_only_corpus_gets_an_audio_config_whose_views_all_serve_it(tmp_
     for view in (cfg.data.train_view, cfg.data.val_view, *cfg.data.eval_views):
         assert len(select_rows(rows, cfg.data.views[view])) > 0, view  # no view the manifest cannot serve
     # the config trains as written once its store exists
-    assert run_cli(extract_opensmile.main, ["--manifest", str(manifest), "--out", str(tmp_path / "st"),
-                                            "--feature-set", "eGeMAPSv02", "--memmap", str(tmp_path / "mm"),
-                                            "--jobs", "1", "--quiet"]) == 0
-    raw = yaml.safe_load(out.read_text())
-    raw["run"]["output_root"] = str(tmp_path / "runs")
-    out.write_text(yaml.safe_dump(raw))
-    assert run_cli(train_cli.main, ["--config", str(out)]) == 0
-    assert (tmp_path / "runs" / raw["run"]["name"] / "eval_test" / "metrics_eval.json").is_file()
+    run = extract_and_train(tmp_path, manifest, out)
+    assert (run / "eval_test" / "metrics_eval.json").is_file()
     # never overwrites
     assert run_cli(init_config.main, ["--manifest", str(manifest), "--out", str(out)]) == 2
 
@@ -70,14 +77,8 @@ def test_linear_track_selects_features_by_inner_speaker_folds_when_there_are_eno
     assert "4 speaker-grouped inner folds of the 4 training speakers" in capsys.readouterr().out
     linear = load_config(out).cfg.model.linear
     assert (linear.inner_folds, linear.select_k, linear.Cs) == (4, [500, 1000, 2000, 0], [0.01, 0.1, 1.0])
-    assert run_cli(extract_opensmile.main, ["--manifest", str(manifest), "--out", str(tmp_path / "st"),
-                                            "--feature-set", "eGeMAPSv02", "--memmap", str(tmp_path / "mm"),
-                                            "--jobs", "1", "--quiet"]) == 0
-    raw = yaml.safe_load(out.read_text())
-    raw["run"]["output_root"] = str(tmp_path / "runs")
-    out.write_text(yaml.safe_dump(raw))
-    assert run_cli(train_cli.main, ["--config", str(out)]) == 0
-    fit = json.loads((tmp_path / "runs" / raw["run"]["name"] / "linear_fit.json").read_text())
+    run = extract_and_train(tmp_path, manifest, out)
+    fit = json.loads((run / "linear_fit.json").read_text())
     assert fit["inner_folds"] == 4 and fit["n_features"] == 88
 
 
