@@ -128,12 +128,7 @@ def load_matrix(path: str | Path) -> Matrix:
         raise UserError(f"{path}: 'experiments' must be a non-empty list")
     for i, entry in enumerate(raw["experiments"], 1):
         where = f"{path}: experiment {i}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise UserError(f"{where}: needs a 'name'")
-        _unknown(entry, EXPERIMENT_KEYS, where)
-        if entry["name"] in seen:
-            raise UserError(f"{where}: duplicate name {entry['name']!r}")
-        seen.add(entry["name"])
+        _named_entry(entry, EXPERIMENT_KEYS, where, seen)
         exp_base = _base_file(path, entry["base"], where) if "base" in entry else base
         if exp_base is None:
             raise UserError(f"{where} ({entry['name']}): no 'base' config (give one here or at the top)")
@@ -145,6 +140,17 @@ def load_matrix(path: str | Path) -> Matrix:
         experiments.append(exp)
     ensembles = _ensembles(raw.get("ensembles"), path, seen, cv is not None)
     return Matrix(path, base, seeds, experiments, cv, common, ensembles)
+
+
+def _named_entry(entry, allowed: set[str], where: str, names: set[str]) -> None:
+    """An experiment or ensemble entry: a mapping with a new `name` (added to `names`, which experiments and
+    ensembles share) and only `allowed` keys."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+        raise UserError(f"{where}: needs a 'name'")
+    _unknown(entry, allowed, where)
+    if entry["name"] in names:
+        raise UserError(f"{where}: duplicate name {entry['name']!r} (experiments and ensembles share names)")
+    names.add(entry["name"])
 
 
 def _base_file(path: Path, value, where: str) -> Path:
@@ -165,12 +171,7 @@ def _ensembles(raw, path: Path, experiments: set[str], cross_validated: bool) ->
     out, names = [], set(experiments)
     for i, entry in enumerate(raw, 1):
         where = f"{path}: ensemble {i}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise UserError(f"{where}: needs a 'name'")
-        _unknown(entry, ENSEMBLE_KEYS, where)
-        if entry["name"] in names:
-            raise UserError(f"{where}: duplicate name {entry['name']!r} (experiment and ensemble names are shared)")
-        names.add(entry["name"])
+        _named_entry(entry, ENSEMBLE_KEYS, where, names)
         members = entry.get("members")
         if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
             raise UserError(f"{where} ({entry['name']}): 'members' must list 2 or more experiment names")
