@@ -595,7 +595,12 @@ def mixup(
     lam = beta_sample(alpha, gen)
     _check_gen(gen)
     perm = torch.randperm(b, generator=gen, device=_device(gen)).to(x.device)
-    mixed = x.index_select(0, perm).mul_(1.0 - lam).add_(x, alpha=lam)  # in the new tensor: 2.2x faster
+    if _row_wise(x):  # one pass: each mixed row written by one lerp (an index copy, then scaling it: three)
+        mixed = torch.empty_like(x)
+        for r, p in enumerate(perm.tolist()):
+            torch.lerp(x[p], x[r], lam, out=mixed[r])
+    else:
+        mixed = x.index_select(0, perm).lerp_(x, lam)  # lam * x + (1 - lam) * x[perm], in the new tensor
     new_len = None
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.long)
