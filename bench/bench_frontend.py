@@ -21,7 +21,9 @@ median is reported; see `timed_in_turn`):
   the librosa log-mel above and SpecAugment's masks filled with the clip's mean.
 
 torch runs on `--threads` threads (default 2, the CPU of the figures); librosa's FFTs are numpy's (one thread), its
-mel product on one BLAS thread (see `librosa_loop`).
+mel product on one BLAS thread (see `librosa_loop`). With more than one thread the plain loop is also timed in as
+many worker processes (`librosa_procs`: each a share of the clips of about equal audio, started and warmed up
+before timing, as a data loader's persistent workers): the per-clip peer using every core, as torch does.
 Prints one JSON line and one human line.
 
     PYTHONPATH=src python bench/bench_frontend.py [--clips 256] [--batch-size 32] [--threads 2] [--repeats 5]
@@ -69,6 +71,22 @@ def librosa_loop(clips: list[np.ndarray]) -> list[np.ndarray]:
     with threadpool_limits(1, user_api="blas"):
         return [np.log(librosa.feature.melspectrogram(y=c, sr=SR, n_fft=400, hop_length=160, n_mels=80, fmin=0.0,
                                                       fmax=8000.0, pad_mode="reflect") + 1e-6) for c in clips]
+
+
+def balanced_chunks(clips: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
+    """`clips` dealt into `n` groups of about equal total length (longest first, each to the lightest group)."""
+    groups, load = [[] for _ in range(n)], [0] * n
+    for c in sorted(clips, key=lambda c: -c.size):
+        k = load.index(min(load))
+        groups[k].append(c)
+        load[k] += c.size
+    return groups
+
+
+def librosa_pool_loop(pool, chunks: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """`librosa_loop` over the chunks in a pool of worker processes, one chunk each (what a data loader with that
+    many workers does: the peer on every core; the log-mels come back to this process, as a loader's batches do)."""
+    return [m for part in pool.map(librosa_loop, chunks) for m in part]
 
 
 def librosa_aug_loop(clips: list[np.ndarray], aug, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -201,9 +219,20 @@ def main() -> int:
     gap = max(float(np.abs(feats[j, :, : int(frames[j])].numpy() - ref[i]).max()) for j, i in enumerate(order))
 
     rng = np.random.default_rng(0)
-    t_librosa, t_torch, t_aug, t_librosa_aug = timed_in_turn(
-        [lambda: librosa_loop(clips), run_torch, run_aug, lambda: librosa_aug_loop(clips, aug, args.batch_size, rng)],
-        max(1, args.repeats // 3), device)
+    fns = [lambda: librosa_loop(clips), run_torch, run_aug, lambda: librosa_aug_loop(clips, aug, args.batch_size, rng)]
+    pool = None
+    if args.threads > 1:  # the peer on every core: the loop in as many worker processes as torch has threads
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(args.threads, mp_context=multiprocessing.get_context("spawn"))
+        chunks = balanced_chunks(clips, args.threads)
+        librosa_pool_loop(pool, chunks)  # the workers started and warm (a loader's persistent workers)
+        fns.append(lambda: librosa_pool_loop(pool, chunks))
+    times = timed_in_turn(fns, max(1, args.repeats // 3), device)
+    if pool is not None:
+        pool.shutdown()
+    t_librosa, t_torch, t_aug, t_librosa_aug = times[:4]
     audio_s = sum(c.size for c in clips) / SR
     result = {"bench": "frontend", "clips": args.clips, "audio_s": round(audio_s, 1), "batch_size": args.batch_size,
               "threads": args.threads, "device": args.device, "config": args.config,
@@ -214,6 +243,11 @@ def main() -> int:
               "speedup_torch": round(t_librosa / t_torch, 2), "speedup_torch_aug": round(t_librosa / t_aug, 2),
               "speedup_torch_aug_vs_librosa_aug": round(t_librosa_aug / t_aug, 2),
               "max_abs_log_mel_diff": float(f"{gap:.2e}")}
+    if pool is not None:
+        t_pool = times[4]
+        result.update({"librosa_procs": args.threads, "librosa_procs_clips_per_s": round(args.clips / t_pool, 1),
+                       "speedup_torch_vs_procs": round(t_pool / t_torch, 2),
+                       "speedup_torch_aug_vs_procs": round(t_pool / t_aug, 2)})
     print(json.dumps(result))
     print(f"front end on {args.device}, {args.clips} clips ({audio_s:.0f} s of audio), {args.threads} threads: librosa loop "
           f"{result['librosa_clips_per_s']} clips/s, torch batched {result['torch_clips_per_s']} clips/s "
@@ -221,6 +255,10 @@ def main() -> int:
           f"({result['speedup_torch_aug']}x the plain librosa loop; {result['speedup_torch_aug_vs_librosa_aug']}x the "
           f"librosa loop with the same augmentation, {result['librosa_aug_clips_per_s']} clips/s); "
           f"max |log-mel diff| {gap:.1e}")
+    if pool is not None:
+        print(f"the plain librosa loop in {args.threads} worker processes: {result['librosa_procs_clips_per_s']} clips/s; "
+              f"torch batched {result['speedup_torch_vs_procs']}x, torch + augmentation "
+              f"{result['speedup_torch_aug_vs_procs']}x that")
     return 0
 
 
