@@ -197,6 +197,7 @@ def main() -> int:
             frontend(wave, lengths)
 
     gen = torch.Generator(device).manual_seed(0)
+    mel_scale = (frontend.f_min, frontend.f_max, frontend.sample_rate)  # what FrameAugmenter.install passes (VTLP)
     labels = torch.zeros(args.batch_size, dtype=torch.long, device=device)
 
     @torch.no_grad()
@@ -207,7 +208,7 @@ def main() -> int:
             if mixed is not None:
                 w, n = mixed.x, mixed.lengths
             feats, frames = frontend(w, n)
-            aug.apply_spec(feats, frames, gen, inplace=True)  # as the model's hook applies it
+            aug.apply_spec(feats, frames, gen, inplace=True, mel_scale=mel_scale)  # as the model's hook applies it
 
     # equality with librosa on the first batch
     ref = librosa_loop(clips[:8])

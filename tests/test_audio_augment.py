@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,8 @@ from mer.models.audio_augment import (
     specaugment_masks,
     speed_perturb,
     time_shift,
+    vtlp_positions,
+    vtlp_warp,
 )
 
 
@@ -171,6 +174,41 @@ def test_listed_speed_factors_sample_at_exact_positions(factor):
         expect = (torch.arange(m, dtype=torch.float64) * factor).clamp_max(n - 1)
         torch.testing.assert_close(y[i, :m], expect, rtol=0, atol=1e-9)
         assert torch.all(y[i, m:] == 0)
+
+
+# -- VTLP ----------------------------------------------------------------------------------------------------
+def test_vtlp_positions_follow_the_warp_on_the_front_ends_mel_bins():
+    librosa = pytest.importorskip("librosa")
+    centres = librosa.mel_frequencies(80 + 2, fmin=0.0, fmax=8000.0)[1:-1]  # the filterbank's centres
+    pos = vtlp_positions(torch.tensor([1.0, 1.1, 0.9]), 80, 0.0, 8000.0, 16000)
+    torch.testing.assert_close(pos[0], torch.arange(80, dtype=torch.float64))  # no warp: each bin reads itself
+    for row, alpha in ((1, 1.1), (2, 0.9)):
+        for i in (5, 20, 40):  # below the boundary (0.6 x Nyquist): output bin i reads the input at alpha * f_i
+            expect = float(np.interp(alpha * centres[i], centres, np.arange(80)))
+            assert abs(float(pos[row, i]) - expect) < 0.05 * max(1.0, abs(expect - i)), (alpha, i)
+    assert bool((pos >= 0).all() and (pos <= 79).all())
+    assert bool((pos[1, 1:] > pos[1, :-1]).all() and (pos[2, 1:] > pos[2, :-1]).all())  # monotone warps
+
+
+def test_vtlp_moves_a_band_down_for_a_longer_tract_keeps_padding_and_is_seeded():
+    feats = torch.zeros(3, 80, 12)
+    feats[:, 40] = 5.0
+    frames = torch.tensor([12, 9, 4])
+    for r, n in enumerate(frames.tolist()):
+        feats[r, :, n:] = 0
+    up = vtlp_warp(feats, gen(1), (1.1, 1.1), 0.0, 8000.0, 16000)
+    down = vtlp_warp(feats, gen(1), (0.9, 0.9), 0.0, 8000.0, 16000)
+    assert int(up[0, :, 0].argmax()) < 40 < int(down[0, :, 0].argmax())
+    for out in (up, down):
+        for r, n in enumerate(frames.tolist()):
+            assert float(out[r, :, n:].abs().sum()) == 0.0
+    same = vtlp_warp(feats, gen(1), (1.0, 1.0), 0.0, 8000.0, 16000)
+    torch.testing.assert_close(same, feats)
+    a = vtlp_warp(feats, gen(3), (0.9, 1.1), 0.0, 8000.0, 16000)
+    assert torch.equal(a, vtlp_warp(feats, gen(3), (0.9, 1.1), 0.0, 8000.0, 16000))
+    assert not torch.equal(a, vtlp_warp(feats, gen(4), (0.9, 1.1), 0.0, 8000.0, 16000))
+    with pytest.raises(ValueError, match="front end"):
+        AudioAugment(vtlp_alpha=(0.9, 1.1)).apply_spec(feats, frames, gen())
 
 
 # -- mixup ---------------------------------------------------------------------------------------------------

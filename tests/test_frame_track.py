@@ -40,7 +40,7 @@ TINY_FRAME = {"n_mels": 16, "n_fft": 256, "hop": 128, "cnn": {"channels": [4, 8]
               "resnet": {"base_width": 4}}
 ALL_AUGMENT = {"crop_s": 0.6, "speed_factors": [0.9, 1.0, 1.1], "shift_s": 0.1, "gain_db": [-6.0, 6.0],
                "noise_snr_db": [5.0, 20.0], "noise_p": 0.7, "freq_masks": 1, "freq_width": 3, "time_masks": 2,
-               "time_width": 5, "mixup_alpha": 0.4, "mixup_p": 0.5}
+               "time_width": 5, "mixup_alpha": 0.4, "mixup_p": 0.5, "vtlp_alpha": [0.9, 1.1]}
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +299,9 @@ def test_cross_validation_runs_a_frame_config_over_the_manifest(env, tmp_path, c
      "has no Whisper encoder"),
     ("spec on ssl", {"model": {"name": "ssl_bilstm_asp", "frame": {"ssl": {"encoder": "WAVLM", "lstm_hidden": 4}}},
                      "train": {"augment": {"time_masks": 2}}}, "SpecAugment acts on the log-mel"),
+    ("vtlp on ssl", {"model": {"name": "ssl_bilstm_asp", "frame": {"ssl": {"encoder": "WAVLM", "lstm_hidden": 4}}},
+                     "train": {"augment": {"vtlp_alpha": [0.9, 1.1]}}}, "VTLP and SpecAugment act on the log-mel"),
+    ("bad vtlp", {"train": {"augment": {"vtlp_alpha": [0.0, 1.1]}}}, "config key 'train.augment.vtlp_alpha'"),
     ("bad front end", {"model": {"frame": {"f_min": 9000.0}}}, "config key 'model.frame'"),
     ("no noise folder", {"train": {"augment": {"noise_snr_db": [5.0, 10.0], "noise_dir": "/nonexistent/noise"}}},
      "train.augment.noise_dir"),

@@ -310,6 +310,7 @@ class AugmentConfig:
     speed_p: float = 1.0
     mixup_alpha: float | None = None  # mixup of waveforms and labels, lambda ~ Beta(alpha, alpha)
     mixup_p: float = 1.0  # share of batches mixed
+    vtlp_alpha: list[float] | None = None  # [lo, hi]: vocal tract length perturbation of the log-mel, e.g. [0.9, 1.1]
 
 
 @dataclass

@@ -20,7 +20,9 @@ Log-mel [B, n_mels, F] + frame_lengths [B]:
 - `spec_augment` (a new tensor; on the CPU only the masked cells are written): `freq_masks` bands of width
   uniform in [0, freq_width] bins and `time_masks` bands of width uniform in [0, time_width] frames (clipped to
   the clip), each inside the clip's real frames; the masked cells are set to the clip's mean over its real cells
-  ("mean", the default: neutral for an unnormalised log-mel) or 0.
+  ("mean", the default: neutral for an unnormalised log-mel) or 0;
+- `vtlp_warp`: vocal tract length perturbation (Jaitly & Hinton 2013): each clip's frequency axis warped by a factor
+  uniform in [lo, hi] (piecewise linear in Hz, Nyquist fixed), by interpolation between mel bins.
 
 Both: `mixup` (Zhang et al. 2018): x' = lam * x + (1 - lam) * x[perm], one lam ~ Beta(alpha, alpha) per batch;
 returns the mixed inputs and lengths, both label index tensors and lam (`MixupResult.targets(n)` gives the
@@ -550,6 +552,59 @@ def spec_augment(
     return out
 
 
+# -- vocal tract length perturbation ------------------------------------------------------------------------
+def hz_to_mel_slaney(hz: Tensor) -> Tensor:
+    """The Slaney mel scale of `librosa.hz_to_mel(htk=False)` (the front end's filterbank): linear below 1 kHz,
+    logarithmic above."""
+    hz = hz.to(torch.float64)
+    lin = hz / (200.0 / 3)
+    log = 15.0 + torch.log(hz.clamp_min(1000.0) / 1000.0) / (math.log(6.4) / 27.0)
+    return torch.where(hz >= 1000.0, log, lin)
+
+
+def vtlp_positions(alpha: Tensor, n_mels: int, f_min: float, f_max: float, sample_rate: int,
+                   boundary: float = 0.6) -> Tensor:
+    """[B] warp factors -> [B, n_mels] fractional mel-bin positions (float64, in [0, n_mels - 1]): output bin i of row
+    b reads the log-mel at frequency g(f_i), the warp of bin i's centre f_i by alpha[b] (Jaitly & Hinton 2013):
+    g(f) = alpha * f up to b = F_hi * min(alpha, 1) / alpha, then the straight line that takes b to F_hi * min(alpha, 1)
+    and the Nyquist frequency S to itself; F_hi = `boundary` * S."""
+    nyq = sample_rate / 2.0
+    lo, hi = hz_to_mel_slaney(torch.tensor([f_min, f_max], dtype=torch.float64)).tolist()
+    step = (hi - lo) / (n_mels + 1)  # the centres: mel lo + step, ..., lo + n_mels * step (librosa.filters.mel)
+    mel_c = lo + step * torch.arange(1, n_mels + 1, dtype=torch.float64)
+    f_c = _mel_to_hz_slaney(mel_c).unsqueeze(0)  # [1, n_mels]
+    a = alpha.to(torch.float64).cpu().unsqueeze(1)  # [B, 1]
+    f_hi = boundary * nyq * torch.clamp(a, max=1.0)
+    b = f_hi / a
+    g = torch.where(f_c <= b, a * f_c, nyq - (nyq - f_hi) / (nyq - b) * (nyq - f_c))
+    return ((hz_to_mel_slaney(g) - lo) / step - 1.0).clamp(0, n_mels - 1)
+
+
+def _mel_to_hz_slaney(mel: Tensor) -> Tensor:
+    lin = mel * (200.0 / 3)
+    log = 1000.0 * torch.exp((math.log(6.4) / 27.0) * (mel - 15.0))
+    return torch.where(mel >= 15.0, log, lin)
+
+
+def vtlp_warp(feats: Tensor, gen: torch.Generator, alpha_range: Range, f_min: float, f_max: float,
+              sample_rate: int) -> Tensor:
+    """Vocal tract length perturbation of a log-mel [B, n_mels, F] (a new tensor): each clip's frequency axis warped
+    by a factor drawn uniform in `alpha_range` (`vtlp_positions`; > 1 moves its spectral content down the bins, as
+    a longer vocal tract would), by linear interpolation between neighbouring mel bins. Padding frames stay 0. The
+    front end's `f_min`, `f_max` and `sample_rate` place its mel bins."""
+    lo, hi = _check_range("vtlp.alpha_range", alpha_range)
+    if lo <= 0:
+        raise ValueError(f"vtlp: warp factors must be > 0, got {alpha_range!r}")
+    b, n_mels, n_frames = feats.shape
+    alpha = uniform((b,), lo, hi, gen, "cpu")
+    pos = vtlp_positions(alpha, n_mels, f_min, f_max, sample_rate)
+    i0 = pos.floor().to(torch.long).clamp_max(n_mels - 1)
+    i1 = (i0 + 1).clamp_max(n_mels - 1)
+    w = (pos - i0.to(torch.float64)).to(device=feats.device, dtype=feats.dtype).unsqueeze(-1)
+    i0, i1 = (i.to(feats.device).unsqueeze(-1).expand(b, n_mels, n_frames) for i in (i0, i1))
+    return torch.lerp(torch.gather(feats, 1, i0), torch.gather(feats, 1, i1), w)
+
+
 # -- mixup ---------------------------------------------------------------------------------------------------
 def beta_sample(alpha: float, gen: torch.Generator) -> float:
     """One draw of Beta(alpha, alpha), seeded from `gen` (torch's Beta takes no generator: numpy's does)."""
@@ -636,6 +691,7 @@ class AudioAugment:
     spec_fill: str = "mean"
     mixup_alpha: float | None = None  # e.g. 0.4
     mixup_p: float = 1.0
+    vtlp_alpha: Range | None = None  # e.g. (0.9, 1.1): vocal tract length perturbation of the log-mel
 
     @property
     def wave_enabled(self) -> bool:
@@ -653,6 +709,11 @@ class AudioAugment:
 
     @property
     def spec_enabled(self) -> bool:
+        """Whether a log-mel step is on (VTLP or SpecAugment)."""
+        return self.vtlp_alpha is not None or self.masks_enabled
+
+    @property
+    def masks_enabled(self) -> bool:
         return (self.freq_masks > 0 and self.freq_width > 0) or (self.time_masks > 0 and self.time_width > 0)
 
     def apply_wave(self, wave: Tensor, lengths: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -696,9 +757,15 @@ class AudioAugment:
     def _max_shift(self) -> int:
         return round(self.shift_s * self.sample_rate)
 
-    def apply_spec(self, feats: Tensor, frame_lengths: Tensor, gen: torch.Generator, inplace: bool = False) -> Tensor:
-        """SpecAugment with these settings (feats unchanged when it is off; `inplace`: see `spec_augment`)."""
-        if not self.spec_enabled:
+    def apply_spec(self, feats: Tensor, frame_lengths: Tensor, gen: torch.Generator, inplace: bool = False,
+                   mel_scale: tuple[float, float, int] | None = None) -> Tensor:
+        """The log-mel steps with these settings: VTLP, then SpecAugment (feats unchanged when both are off;
+        `inplace`: see `spec_augment`). `mel_scale`: the front end's (f_min, f_max, sample_rate), which VTLP needs."""
+        if self.vtlp_alpha is not None:
+            if mel_scale is None:
+                raise ValueError("vtlp: the front end's (f_min, f_max, sample_rate) are needed to place its mel bins")
+            feats, inplace = vtlp_warp(feats, gen, self.vtlp_alpha, *mel_scale), True  # a new tensor of our own
+        if not self.masks_enabled:
             return feats
         return spec_augment(
             feats,

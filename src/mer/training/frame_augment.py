@@ -4,7 +4,7 @@
 AudioAugment` (None when every one is off). As the loop's `augment_fn(batch, generator)` it applies, to each
 training batch's raw waveforms (`input_values` + `audio_attention_mask`), crop -> speed -> shift -> gain -> noise,
 then mixup (waveforms mixed, `label_b` + `mix_lambda` added: the loop mixes the two losses). `install(model)` sets
-a mel model's `spec_augment` hook (SpecAugment on its log-mel, training mode only). Every draw comes from the
+a mel model's `spec_augment` hook (VTLP, then SpecAugment, on its log-mel; training mode only). Every draw comes from the
 generator the loop passes — its `aug_gen`, saved in `last.pt` — in a fixed order, so a resumed run repeats the
 uninterrupted one exactly. Validation and evaluation batches never pass through here.
 """
@@ -92,7 +92,8 @@ def augment_settings(cfg: AugmentConfig, sample_rate: int = 16000, load_noise: b
         gain_db=_range("gain_db", cfg.gain_db), gain_p=_prob("gain_p", cfg.gain_p),
         noise_snr_db=snr, noise_p=_prob("noise_p", cfg.noise_p), noises=noises,
         freq_masks=cfg.freq_masks, freq_width=cfg.freq_width, time_masks=cfg.time_masks, time_width=cfg.time_width,
-        mixup_alpha=cfg.mixup_alpha, mixup_p=_prob("mixup_p", cfg.mixup_p))
+        mixup_alpha=cfg.mixup_alpha, mixup_p=_prob("mixup_p", cfg.mixup_p),
+        vtlp_alpha=_range("vtlp_alpha", cfg.vtlp_alpha, lo_ok=lambda v: v > 0))
 
 
 class FrameAugmenter:
@@ -101,6 +102,7 @@ class FrameAugmenter:
     def __init__(self, augment: AudioAugment) -> None:
         self.augment = augment
         self.gen: torch.Generator | None = None  # the loop's generator, as passed with the current batch
+        self.mel_scale: tuple[float, float, int] | None = None  # the model's front end's (f_min, f_max, rate)
 
     @classmethod
     def from_config(cls, cfg: AugmentConfig, sample_rate: int = 16000) -> FrameAugmenter | None:
@@ -129,23 +131,29 @@ class FrameAugmenter:
 
     def spec_hook(self):
         """SpecAugment with the current batch's generator (a plain function: copies of the model share it)."""
-        augmenter = self
+        augmenter, mel_scale = self, self.mel_scale
 
         def spec_augment(feats: Tensor, frame_lengths: Tensor) -> Tensor:
             if augmenter.gen is None:
                 raise RuntimeError("spec_augment ran before the loop passed its generator to the augmenter")
             # the model hands over its front end's fresh output: written in place, not copied
-            return augmenter.augment.apply_spec(feats, frame_lengths, augmenter.gen, inplace=True)
+            return augmenter.augment.apply_spec(feats, frame_lengths, augmenter.gen, inplace=True,
+                                                mel_scale=mel_scale)
 
         return spec_augment
 
     def install(self, model: nn.Module) -> bool:
-        """Set `model.spec_augment` (mel models) when SpecAugment is on; whether it was set."""
+        """Set `model.spec_augment` (mel models) when VTLP or SpecAugment is on; whether it was set."""
         if not self.augment.spec_enabled:
             return False
         if not hasattr(model, "spec_augment"):
-            raise UserError(f"config keys 'train.augment.freq_masks' / 'time_masks': SpecAugment acts on the log-mel "
-                            f"of the mel models; {type(model).__name__} has none (set them to 0)")
+            keys = ("'train.augment.freq_masks' / 'time_masks' / 'vtlp_alpha': VTLP and SpecAugment act"
+                    if self.augment.vtlp_alpha is not None else "'train.augment.freq_masks' / 'time_masks': "
+                    "SpecAugment acts")
+            raise UserError(f"config keys {keys} on the log-mel of the mel models; {type(model).__name__} has none "
+                            "(set them to 0 / null)")
+        fe = model.frontend
+        self.mel_scale = (float(fe.f_min), float(fe.f_max), int(fe.sample_rate))
         model.spec_augment = self.spec_hook()
         return True
 
@@ -162,7 +170,9 @@ class FrameAugmenter:
         if a.noise_snr_db is not None:
             src = f"{len(a.noises)} noise clips" if a.noises else "white"
             parts.append(f"noise {list(a.noise_snr_db)} dB SNR ({src}) p={a.noise_p:g}")
-        if a.spec_enabled:
+        if a.vtlp_alpha is not None:
+            parts.append(f"VTLP {list(a.vtlp_alpha)}")
+        if a.masks_enabled:
             parts.append(f"SpecAugment freq {a.freq_masks}x{a.freq_width} time {a.time_masks}x{a.time_width}")
         if a.mixup_alpha is not None:
             parts.append(f"mixup alpha={a.mixup_alpha:g} p={a.mixup_p:g}")
