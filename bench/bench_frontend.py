@@ -23,7 +23,8 @@ median is reported; see `timed_in_turn`):
 torch runs on `--threads` threads (default 2, the CPU of the figures); librosa's FFTs are numpy's (one thread), its
 mel product on one BLAS thread (see `librosa_loop`). With more than one thread the plain loop is also timed in as
 many worker processes (`librosa_procs`: each a share of the clips of about equal audio, started and warmed up
-before timing, as a data loader's persistent workers): the per-clip peer using every core, as torch does.
+before timing, as a data loader's persistent workers), with and without the augmentation: the per-clip peer using
+every core, as torch does.
 Prints one JSON line and one human line.
 
     PYTHONPATH=src python bench/bench_frontend.py [--clips 256] [--batch-size 32] [--threads 2] [--repeats 5]
@@ -87,6 +88,17 @@ def librosa_pool_loop(pool, chunks: list[list[np.ndarray]]) -> list[np.ndarray]:
     """`librosa_loop` over the chunks in a pool of worker processes, one chunk each (what a data loader with that
     many workers does: the peer on every core; the log-mels come back to this process, as a loader's batches do)."""
     return [m for part in pool.map(librosa_loop, chunks) for m in part]
+
+
+def _librosa_aug_part(part: tuple) -> list[np.ndarray]:
+    clips, aug, batch_size, seed = part
+    return librosa_aug_loop(clips, aug, batch_size, np.random.default_rng(seed))
+
+
+def librosa_aug_pool_loop(pool, chunks: list[list[np.ndarray]], aug, batch_size: int) -> list[np.ndarray]:
+    """`librosa_aug_loop` over the chunks in the worker processes (each its own seed)."""
+    parts = [(c, aug, batch_size, k) for k, c in enumerate(chunks)]
+    return [m for part in pool.map(_librosa_aug_part, parts) for m in part]
 
 
 def librosa_aug_loop(clips: list[np.ndarray], aug, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -229,7 +241,8 @@ def main() -> int:
         pool = ProcessPoolExecutor(args.threads, mp_context=multiprocessing.get_context("spawn"))
         chunks = balanced_chunks(clips, args.threads)
         librosa_pool_loop(pool, chunks)  # the workers started and warm (a loader's persistent workers)
-        fns.append(lambda: librosa_pool_loop(pool, chunks))
+        fns += [lambda: librosa_pool_loop(pool, chunks),
+                lambda: librosa_aug_pool_loop(pool, chunks, aug, args.batch_size)]
     times = timed_in_turn(fns, max(1, args.repeats // 3), device)
     if pool is not None:
         pool.shutdown()
@@ -245,10 +258,12 @@ def main() -> int:
               "speedup_torch_aug_vs_librosa_aug": round(t_librosa_aug / t_aug, 2),
               "max_abs_log_mel_diff": float(f"{gap:.2e}")}
     if pool is not None:
-        t_pool = times[4]
+        t_pool, t_aug_pool = times[4:6]
         result.update({"librosa_procs": args.threads, "librosa_procs_clips_per_s": round(args.clips / t_pool, 1),
+                       "librosa_aug_procs_clips_per_s": round(args.clips / t_aug_pool, 1),
                        "speedup_torch_vs_procs": round(t_pool / t_torch, 2),
-                       "speedup_torch_aug_vs_procs": round(t_pool / t_aug, 2)})
+                       "speedup_torch_aug_vs_procs": round(t_pool / t_aug, 2),
+                       "speedup_torch_aug_vs_aug_procs": round(t_aug_pool / t_aug, 2)})
     print(json.dumps(result))
     print(f"front end on {args.device}, {args.clips} clips ({audio_s:.0f} s of audio), {args.threads} threads: librosa loop "
           f"{result['librosa_clips_per_s']} clips/s, torch batched {result['torch_clips_per_s']} clips/s "
@@ -259,7 +274,9 @@ def main() -> int:
     if pool is not None:
         print(f"the plain librosa loop in {args.threads} worker processes: {result['librosa_procs_clips_per_s']} clips/s; "
               f"torch batched {result['speedup_torch_vs_procs']}x, torch + augmentation "
-              f"{result['speedup_torch_aug_vs_procs']}x that")
+              f"{result['speedup_torch_aug_vs_procs']}x that; with the same augmentation "
+              f"{result['librosa_aug_procs_clips_per_s']} clips/s, torch + augmentation "
+              f"{result['speedup_torch_aug_vs_aug_procs']}x that")
     return 0
 
 
