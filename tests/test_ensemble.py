@@ -158,8 +158,19 @@ def test_a_matrix_with_its_own_base_per_experiment_and_an_ensemble_row(tmp_path,
     assert float(rows["pair"]["pooled_macro_f1"]) == pytest.approx(summary["pooled"]["macro_f1"], abs=1e-4)
     assert float(rows["plain"]["pooled_macro_f1"]) == pytest.approx(
         json.loads((out / "plain" / "cv_summary.json").read_text())["pooled"]["macro_f1"], abs=1e-4)
-    # --only an ensemble whose members have run: only the ensemble is recomputed
+    # --only an ensemble whose members have run: only the ensemble is recomputed, and the table still holds every
+    # finished row as it stood
+    before = (out / "matrix_summary.csv").read_text()
     assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "pair"]) == 0
+    assert (out / "matrix_summary.csv").read_text() == before
+    # a row whose experiment the matrix has since changed is not reported from its old folder, nor an ensemble of it
+    edited = {**matrix, "experiments": [{"name": "plain"}, {"name": "weak", "set": {"model.linear.Cs": [0.001]}},
+                                        {"name": "sn", "base": "cfgs/lin_sn.yaml"}]}
+    path.write_text(yaml.safe_dump(edited))
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", "plain"]) == 0
+    with (out / "matrix_summary.csv").open(newline="") as fh:
+        assert [r["experiment"].split(" ")[0] for r in csv.DictReader(fh)] == ["plain", "sn"]  # nor its ensemble
+    path.write_text(yaml.safe_dump(matrix))
     # one-line refusals before anything runs
     capsys.readouterr()
     for bad, message in (

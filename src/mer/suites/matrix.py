@@ -238,19 +238,31 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
     rows = []
     cv = m.cv
     n_boot = int(cv.get("bootstrap", 1000))
-    for exp in todo:
-        plan = plan_cv(exp.base, [*m.common, *exp.overrides], str(cv["folds"]), out / exp.name, m.seeds,
-                       val=cv.get("val", "next"), fold_seed=int(cv.get("fold_seed", 0)),
-                       pool_view=cv.get("pool_view"), ensemble_views=cv.get("ensemble_views"))
-        s = run_cv(plan, n_boot=n_boot, quiet=True)
+    for exp in m.experiments:  # the table holds every finished row, the ones --only left out as they stand
+        if exp in todo:
+            plan = plan_cv(exp.base, [*m.common, *exp.overrides], str(cv["folds"]), out / exp.name, m.seeds,
+                           val=cv.get("val", "next"), fold_seed=int(cv.get("fold_seed", 0)),
+                           pool_view=cv.get("pool_view"), ensemble_views=cv.get("ensemble_views"))
+            s = run_cv(plan, n_boot=n_boot, quiet=True)
+        else:
+            s = _finished(out / exp.name, lambda s, e=exp: _same_path(s.get("config"), e.base)
+                          and s.get("overrides") == [*m.common, *e.overrides])
+            if s is None:
+                continue
         seeds = s["per_seed"]
         pooled = [v["pooled_macro_f1"] for v in seeds.values()]
         rows.append((exp.name, _protocol_name(s), s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"],
                      s["std"]["macro_f1"], sum(pooled) / len(pooled), str(len(seeds))))
-    for ens in ensembles:
-        plan = plan_ensemble([out / n for n in ens.members], out / ens.name, rule=ens.rule, weights=ens.weights,
-                             calibrated=ens.calibrated)
-        s = run_ensemble(plan, n_boot=n_boot)
+    for ens in m.ensembles:
+        sources = [out / n for n in ens.members]
+        if ens in ensembles:
+            s = run_ensemble(plan_ensemble(sources, out / ens.name, rule=ens.rule, weights=ens.weights,
+                                           calibrated=ens.calibrated), n_boot=n_boot)
+        else:  # reported only as made from members reported here
+            s = (_finished(out / ens.name, lambda s, srcs=sources: _same_members(s, srcs))
+                 if set(ens.members) <= {r[0] for r in rows} else None)
+            if s is None:
+                continue
         how = f"{ens.weights} weights, {'calibrated' if ens.calibrated else 'uncalibrated'}"
         rows.append((f"{ens.name} (ensemble of {' + '.join(ens.members)}; {how})", _protocol_name(s),
                      s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"], s["std"]["macro_f1"],
@@ -268,6 +280,26 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
     atomic_write_text(out / "matrix_summary.md", "\n".join(md) + "\n")
     atomic_write_text(out / "matrix_summary.csv", table.getvalue())
     return "\n".join(md)
+
+
+def _finished(folder: Path, same) -> dict | None:
+    """The CV summary of a row that an earlier run of this matrix finished, when `same(summary)` says it was made
+    from the row as the matrix now writes it (else None: a stale folder is not reported)."""
+    path = folder / CV_SUMMARY_JSON
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    return summary if same(summary) else None
+
+
+def _same_path(recorded, path: Path) -> bool:
+    return recorded is not None and Path(recorded).resolve() == Path(path).resolve()
+
+
+def _same_members(summary: dict, sources: list[Path]) -> bool:
+    members = summary.get("ensemble", {}).get("members", [])
+    return len(members) == len(sources) and all(_same_path(m.get("source"), p) for m, p in zip(members, sources,
+                                                                                                strict=True))
 
 
 def _protocol_name(summary: dict) -> str:
