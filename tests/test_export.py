@@ -85,7 +85,7 @@ def test_feature_model_exports_match_pytorch(tmp_path, store, model):
 TINY = {"n_mels": 16, "n_fft": 256, "hop": 128, "cnn": {"channels": [4, 8], "pooling": "mean_std"},
         "ecapa": {"channels": [8, 8, 8, 16], "kernels": [3, 3, 3, 1], "dilations": [1, 2, 3, 1],
                   "res2net_scale": 2, "se_channels": 4, "attention_channels": 4, "embedding_dim": 8},
-        "resnet": {"base_width": 4}}
+        "resnet": {"base_width": 4, "pooling": "asp"}}  # asp: attentive statistics pooling exports too
 
 
 @pytest.mark.parametrize("name", ["cnn_small", "ecapa_tdnn", "resnet18_mel"])

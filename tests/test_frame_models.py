@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mer.models.cnn_mel import BasicBlock, ResNet18Mel, SmallCNN
+from mer.models.cnn_mel import BasicBlock, ResNet18Mel, SmallCNN, TimePool
 from mer.models.ecapa import ECAPATDNN, SERes2NetBlock
 from mer.models.frame_blocks import MaskedBatchNorm, read_waveform
 from mer.models.pooling import AttentiveStatsPool, masked_softmax
@@ -29,6 +29,8 @@ def tiny_models(n_classes=3):
             embedding_dim=12,
             frontend=FRONT,
         ),
+        SmallCNN(n_classes, channels=(4, 8), dropout=0.0, pooling="asp", frontend=FRONT, freq_pooling="flatten"),
+        ResNet18Mel(n_classes, base_width=4, pooling="asp", frontend=FRONT),
         SmallCNN(n_classes, channels=(4, 8), dropout=0.0, pooling="mean_std", frontend=FRONT, freq_pooling="flatten"),
         ResNet18Mel(n_classes, base_width=4, pooling="mean_std", frontend=FRONT, freq_pooling="flatten"),
     ]
@@ -74,6 +76,26 @@ def test_channel_wise_global_context_pool():
     out, alpha = pool(x, mask, return_weights=True)
     assert out.shape == (2, 8) and alpha.shape == (2, 7, 4)
     torch.testing.assert_close(pool(x[1:, :, :3])[0], out[1])
+
+
+def test_time_pool_asp_weights_real_frames_only_and_keeps_old_checkpoints():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 6)  # [B, C, F', T'] conv maps
+    lengths = torch.tensor([6, 2])
+    x[1, :, :, 2:] = float("nan")  # padding frames never reach the output
+    pool = TimePool(3, 4, "asp", "flatten", attention_dim=5)
+    out = pool(x, lengths)
+    assert out.shape == (2, pool.out_dim) == (2, 24) and torch.isfinite(out).all()
+    frames = x.flatten(1, 2).transpose(1, 2)  # [B, T', C * F']
+    for b, n in ((0, 6), (1, 2)):
+        torch.testing.assert_close(out[b], pool.asp(frames[b : b + 1, :n])[0])  # the clip's real frames alone
+    assert TimePool(3, 4, "asp").out_dim == 6 and TimePool(3, 4, "mean", "flatten").out_dim == 12
+    # mean / mean_std pooling has no parameters: checkpoints saved before TimePool existed still load
+    assert not list(TimePool(3, 4, "mean_std", "flatten").parameters())
+    with pytest.raises(ValueError, match="pooling='max' is not one of mean, mean_std, asp"):
+        SmallCNN(3, channels=(4,), pooling="max", frontend=FRONT)
+    with pytest.raises(ValueError, match="freq_pooling='sum' is not one of mean, flatten"):
+        ResNet18Mel(3, base_width=4, freq_pooling="sum", frontend=FRONT)
 
 
 def test_masked_batchnorm_statistics_over_real_frames():

@@ -303,6 +303,7 @@ def test_cross_validation_runs_a_frame_config_over_the_manifest(env, tmp_path, c
                      "train": {"augment": {"vtlp_alpha": [0.9, 1.1]}}}, "VTLP and SpecAugment act on the log-mel"),
     ("bad vtlp", {"train": {"augment": {"vtlp_alpha": [0.0, 1.1]}}}, "config key 'train.augment.vtlp_alpha'"),
     ("bad front end", {"model": {"frame": {"f_min": 9000.0}}}, "config key 'model.frame'"),
+    ("bad pooling", {"model": {"frame": {"cnn": {"pooling": "max"}}}}, "model.frame.cnn.pooling"),
     ("no noise folder", {"train": {"augment": {"noise_snr_db": [5.0, 10.0], "noise_dir": "/nonexistent/noise"}}},
      "train.augment.noise_dir"),
     ("bad range", {"train": {"augment": {"gain_db": [6.0, -6.0]}}}, "train.augment.gain_db"),

@@ -162,7 +162,7 @@ class CNNConfig:
     """`cnn_small`: conv3x3-BN-ReLU-maxpool blocks, one per width; masked pooling over time."""
 
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    pooling: Literal["mean", "mean_std"] = "mean"
+    pooling: Literal["mean", "mean_std", "asp"] = "mean"  # asp: attentive statistics pooling (learned frame weights)
     freq_pooling: Literal["mean", "flatten"] = "mean"  # flatten: the frequency bins stay apart (pitch position kept)
 
 
@@ -171,7 +171,7 @@ class ResNetConfig:
     """`resnet18_mel`: ResNet-18 (BasicBlock, [2, 2, 2, 2]) over the 1-channel log-mel."""
 
     base_width: int = 64  # stage widths base_width * (1, 2, 4, 8)
-    pooling: Literal["mean", "mean_std"] = "mean"
+    pooling: Literal["mean", "mean_std", "asp"] = "mean"
     freq_pooling: Literal["mean", "flatten"] = "mean"
     zero_init_residual: bool = False
 

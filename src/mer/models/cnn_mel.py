@@ -4,7 +4,8 @@
         -> LogMelFrontend (default: 80 mels, per-utterance mean/variance normalisation) -> [B, 1, n_mels, F]
         -> (training) the optional spec_augment hook
         -> conv stack (masked: padded frames kept at 0, BatchNorm statistics over real frames)
-        -> mean over frequency, masked pooling over time (mean, or mean+std) -> dropout -> linear -> logits
+        -> `TimePool`: frequency averaged or kept as channels, masked pooling over time (mean, mean+std, or
+           attentive statistics pooling) -> dropout -> linear -> logits
 
 - `SmallCNN`: `len(channels)` blocks of conv3x3 -> BN -> ReLU -> max-pool 2x2 (ceil mode: every clip keeps at
   least one frame).
@@ -25,26 +26,44 @@ from torch import Tensor, nn
 
 from mer.models.frame_blocks import MaskedBatchNorm, MelModel, conv_out_lengths, make_frontend, zero_padding
 from mer.models.frontend import LogMelFrontend, lengths_to_mask
-from mer.models.pooling import masked_mean, mean_std_pool
+from mer.models.pooling import AttentiveStatsPool, masked_mean, mean_std_pool
 
-POOLINGS = ("mean", "mean_std")
+POOLINGS = ("mean", "mean_std", "asp")
+FREQ_POOLINGS = ("mean", "flatten")
 FRONTEND_DEFAULTS = {"n_mels": 80, "normalize": "mean_var"}
 
 
-FREQ_POOLINGS = ("mean", "flatten")
+class TimePool(nn.Module):
+    """[B, C, F', T'] conv maps + frame lengths [B] -> [B, out_dim], the last stage of both spectrogram CNNs.
 
+    TimePool(channels, bins, pooling="mean", freq_pooling="mean", attention_dim=128)
+    The frequency axis is averaged ("mean": [B, C, T'], shift-invariant in frequency) or kept as channels
+    ("flatten": [B, C * F', T'], so the pitch / formant position survives); then masked pooling over the real
+    frames: "mean" (D), "mean_std" (2D) or "asp", attentive statistics pooling (learned frame weights, the
+    weighted mean and std: 2D). Padding frames never reach the output.
+    """
 
-def _time_pool(x: Tensor, frame_lengths: Tensor, pooling: str, freq_pooling: str = "mean") -> Tensor:
-    """[B, C, F', T'] -> mean over frequency ([B, C, T']; "flatten": the F' bins kept as channels, [B, C * F', T'],
-    so the pitch / formant position survives) -> masked mean (or mean+std) over time: [B, D] or [B, 2D]."""
-    h = (x.mean(2) if freq_pooling == "mean" else x.flatten(1, 2)).transpose(1, 2)  # [B, T', D]
-    mask = lengths_to_mask(frame_lengths, h.shape[1])
-    return masked_mean(h, mask, dim=1) if pooling == "mean" else mean_std_pool(h, mask)
+    def __init__(self, channels: int, bins: int, pooling: str = "mean", freq_pooling: str = "mean",
+                 attention_dim: int = 128) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
+        if freq_pooling not in FREQ_POOLINGS:
+            raise ValueError(f"freq_pooling={freq_pooling!r} is not one of {', '.join(FREQ_POOLINGS)}")
+        self.pooling, self.freq_pooling = pooling, freq_pooling
+        self.dim = channels * (bins if freq_pooling == "flatten" else 1)
+        self.asp = AttentiveStatsPool(self.dim, attention_dim) if pooling == "asp" else None
 
+    @property
+    def out_dim(self) -> int:
+        return self.dim * (1 if self.pooling == "mean" else 2)
 
-def _check_pooling(pooling: str) -> None:
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
+    def forward(self, x: Tensor, frame_lengths: Tensor) -> Tensor:
+        h = (x.mean(2) if self.freq_pooling == "mean" else x.flatten(1, 2)).transpose(1, 2)  # [B, T', D]
+        mask = lengths_to_mask(frame_lengths, h.shape[1])
+        if self.asp is not None:
+            return self.asp(h, mask)
+        return masked_mean(h, mask, dim=1) if self.pooling == "mean" else mean_std_pool(h, mask)
 
 
 class ConvBNReLU2d(nn.Module):
@@ -84,21 +103,18 @@ class SmallCNN(MelModel):
         freq_pooling: str = "mean",
     ) -> None:
         super().__init__()
-        _check_pooling(pooling)
-        if freq_pooling not in FREQ_POOLINGS:
-            raise ValueError(f"freq_pooling={freq_pooling!r} is not one of {', '.join(FREQ_POOLINGS)}")
         if not channels or any(int(c) <= 0 for c in channels):
             raise ValueError(f"SmallCNN: channels must be a non-empty list of widths > 0, got {channels!r}")
         self.frontend = make_frontend(frontend, **FRONTEND_DEFAULTS)
-        self.n_classes, self.pooling, self.freq_pooling = n_classes, pooling, freq_pooling
+        self.n_classes = n_classes
         widths = [1, *[int(c) for c in channels]]
         self.blocks = nn.ModuleList(ConvBNReLU2d(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.dropout = nn.Dropout(dropout)
         bins = self.frontend.n_mels
         for _ in channels:
             bins = (bins + 1) // 2  # 2x2 max-pool, ceil mode
-        dim = widths[-1] * (bins if freq_pooling == "flatten" else 1)
-        self.head = nn.Linear(dim * (2 if pooling == "mean_std" else 1), n_classes)
+        self.time_pool = TimePool(widths[-1], bins, pooling, freq_pooling)
+        self.head = nn.Linear(self.time_pool.out_dim, n_classes)
 
     def classify(self, feats: Tensor, frame_lengths: Tensor) -> Tensor:
         x, lengths = feats.unsqueeze(1), frame_lengths.to(torch.long)
@@ -109,7 +125,7 @@ class SmallCNN(MelModel):
             x = nn.functional.max_pool2d(x, 2, ceil_mode=True)
             lengths = torch.div(lengths + 1, 2, rounding_mode="floor")
             x = zero_padding(x, lengths_to_mask(lengths, x.shape[-1]))
-        return self.head(self.dropout(_time_pool(x, lengths, self.pooling, self.freq_pooling)))
+        return self.head(self.dropout(self.time_pool(x, lengths)))
 
 
 class BasicBlock(nn.Module):
@@ -165,13 +181,10 @@ class ResNet18Mel(MelModel):
         freq_pooling: str = "mean",
     ) -> None:
         super().__init__()
-        _check_pooling(pooling)
-        if freq_pooling not in FREQ_POOLINGS:
-            raise ValueError(f"freq_pooling={freq_pooling!r} is not one of {', '.join(FREQ_POOLINGS)}")
         if base_width <= 0:
             raise ValueError(f"ResNet18Mel: base_width must be > 0, got {base_width}")
         self.frontend = make_frontend(frontend, **FRONTEND_DEFAULTS)
-        self.n_classes, self.pooling = n_classes, pooling
+        self.n_classes = n_classes
         self.conv1 = nn.Conv2d(1, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = MaskedBatchNorm(base_width)
         stages, c_in = [], base_width
@@ -182,13 +195,13 @@ class ResNet18Mel(MelModel):
             stages.append(nn.ModuleList(blocks))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
-        self.out_channels, self.freq_pooling = c_in, freq_pooling
+        self.out_channels = c_in
         self.dropout = nn.Dropout(dropout)
         bins = self.frontend.n_mels
         for k, st, pad in [(7, 2, 3), (3, 2, 1)] + [(3, 2, 1)] * (len(self.layers) - 1):  # stem, max-pool, stages
             bins = (bins + 2 * pad - k) // st + 1
-        dim = c_in * (bins if freq_pooling == "flatten" else 1)
-        self.head = nn.Linear(dim * (2 if pooling == "mean_std" else 1), n_classes)
+        self.time_pool = TimePool(c_in, bins, pooling, freq_pooling)
+        self.head = nn.Linear(self.time_pool.out_dim, n_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -212,4 +225,4 @@ class ResNet18Mel(MelModel):
         for stage in self.stages:
             for block in stage:
                 x, lengths = block(x, lengths)
-        return self.head(self.dropout(_time_pool(x, lengths, self.pooling, self.freq_pooling)))
+        return self.head(self.dropout(self.time_pool(x, lengths)))

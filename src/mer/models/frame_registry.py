@@ -2,8 +2,8 @@
 
 | name | class | options |
 | --- | --- | --- |
-| `cnn_small` | `SmallCNN` | `model.frame.cnn` (channels, pooling), `model.dropout` |
-| `resnet18_mel` | `ResNet18Mel` | `model.frame.resnet` (base_width, pooling, zero_init_residual), `model.dropout` |
+| `cnn_small` | `SmallCNN` | `model.frame.cnn` (channels, pooling: mean / mean_std / asp, freq_pooling), `model.dropout` |
+| `resnet18_mel` | `ResNet18Mel` | `model.frame.resnet` (base_width, pooling, freq_pooling, zero_init_residual), `model.dropout` |
 | `ecapa_tdnn` | `ECAPATDNN` | `model.frame.ecapa` (channels, kernels, dilations, res2net_scale, ...), `model.dropout` |
 | `ssl_bilstm_asp` | `SSLBiLSTMASP` | `model.frame.ssl` (encoder, freeze, layer, lstm_hidden, ...), `model.dropout` |
 | `whisper_prompt` | `WhisperPrompt` | `model.frame.whisper` (encoder, n_prompts, head_hidden), `model.dropout` |
