@@ -553,37 +553,24 @@ def spec_augment(
 
 
 # -- vocal tract length perturbation ------------------------------------------------------------------------
-def hz_to_mel_slaney(hz: Tensor) -> Tensor:
-    """The Slaney mel scale of `librosa.hz_to_mel(htk=False)` (the front end's filterbank): linear below 1 kHz,
-    logarithmic above."""
-    hz = hz.to(torch.float64)
-    lin = hz / (200.0 / 3)
-    log = 15.0 + torch.log(hz.clamp_min(1000.0) / 1000.0) / (math.log(6.4) / 27.0)
-    return torch.where(hz >= 1000.0, log, lin)
-
-
 def vtlp_positions(alpha: Tensor, n_mels: int, f_min: float, f_max: float, sample_rate: int,
                    boundary: float = 0.6) -> Tensor:
     """[B] warp factors -> [B, n_mels] fractional mel-bin positions (float64, in [0, n_mels - 1]): output bin i of row
     b reads the log-mel at frequency g(f_i), the warp of bin i's centre f_i by alpha[b] (Jaitly & Hinton 2013):
     g(f) = alpha * f up to b = F_hi * min(alpha, 1) / alpha, then the straight line that takes b to F_hi * min(alpha, 1)
-    and the Nyquist frequency S to itself; F_hi = `boundary` * S."""
+    and the Nyquist frequency S to itself; F_hi = `boundary` * S. The mel scale is the front end's filterbank's
+    (librosa's Slaney scale)."""
+    import librosa  # a dependency of the project, as for the front end's filterbank
+
     nyq = sample_rate / 2.0
-    lo, hi = hz_to_mel_slaney(torch.tensor([f_min, f_max], dtype=torch.float64)).tolist()
+    lo, hi = librosa.hz_to_mel([f_min, f_max])
     step = (hi - lo) / (n_mels + 1)  # the centres: mel lo + step, ..., lo + n_mels * step (librosa.filters.mel)
-    mel_c = lo + step * torch.arange(1, n_mels + 1, dtype=torch.float64)
-    f_c = _mel_to_hz_slaney(mel_c).unsqueeze(0)  # [1, n_mels]
-    a = alpha.to(torch.float64).cpu().unsqueeze(1)  # [B, 1]
-    f_hi = boundary * nyq * torch.clamp(a, max=1.0)
+    f_c = librosa.mel_frequencies(n_mels + 2, fmin=f_min, fmax=f_max)[1:-1][None]  # [1, n_mels] Hz
+    a = alpha.to(torch.float64).cpu().numpy()[:, None]  # [B, 1]
+    f_hi = boundary * nyq * np.minimum(a, 1.0)
     b = f_hi / a
-    g = torch.where(f_c <= b, a * f_c, nyq - (nyq - f_hi) / (nyq - b) * (nyq - f_c))
-    return ((hz_to_mel_slaney(g) - lo) / step - 1.0).clamp(0, n_mels - 1)
-
-
-def _mel_to_hz_slaney(mel: Tensor) -> Tensor:
-    lin = mel * (200.0 / 3)
-    log = 1000.0 * torch.exp((math.log(6.4) / 27.0) * (mel - 15.0))
-    return torch.where(mel >= 15.0, log, lin)
+    g = np.where(f_c <= b, a * f_c, nyq - (nyq - f_hi) / (nyq - b) * (nyq - f_c))
+    return torch.from_numpy(((librosa.hz_to_mel(g) - lo) / step - 1.0).clip(0, n_mels - 1))
 
 
 def vtlp_warp(feats: Tensor, gen: torch.Generator, alpha_range: Range, f_min: float, f_max: float,
