@@ -190,3 +190,67 @@ def test_a_matrix_with_its_own_base_per_experiment_and_an_ensemble_row(tmp_path,
     assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "fresh"), "--only", "pair"]) == 2
     assert "member plain has no finished cross-validation" in capsys.readouterr().err
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_matrix_experiment_with_its_own_seeds_reports_their_mean_and_seed_ensemble(tmp_path, toy, capsys):  # noqa: F811
+    """An experiment's own `seeds` override the matrix's; its row gives the pooled macro-F1 averaged over the seeds
+    and that of the seed ensemble (each test row's seeds' log-probabilities averaged), equal to scikit-learn's F1 of
+    that combination computed here from the runs' predictions; changing the seeds makes the old row stale."""
+    import yaml
+
+    from mer.cli import matrix as matrix_cli
+
+    cfgs = tmp_path / "cfgs"
+    write_config(cfgs, toy["store"], run={"name": "lin"}, data={"views": VIEWS})
+    write_config(cfgs, toy["store"], run={"name": "flex"}, data={"views": VIEWS},
+                 model={"name": "flexible_at", "mode": "A", "hidden_dim": 16},
+                 train={"epochs": 3, "progress": False, "scheduler": {"name": "none"}})
+    matrix = {"base": "cfgs/lin.yaml", "seeds": [0],
+              "cv": {"folds": "speakers:4", "val": "next", "pool_view": "pool", "bootstrap": 50},
+              "experiments": [{"name": "plain"}, {"name": "flex", "base": "cfgs/flex.yaml", "seeds": [0, 1]}],
+              "ensembles": [{"name": "pair", "members": ["plain", "flex"], "weights": "equal", "calibrated": False}]}
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    out = tmp_path / "out"
+    assert run_cli(matrix_cli.main, [str(path), "--out", str(out)]) == 0
+    with (out / "matrix_summary.csv").open(newline="") as fh:
+        rows = {r["experiment"]: r for r in csv.DictReader(fh)}
+    assert (rows["plain"]["seeds"], rows["flex"]["seeds"]) == ("1", "2") and len(rows) == 3
+    assert rows["plain"]["seed_ensemble_macro_f1"] == ""
+    summary = json.loads((out / "flex" / "cv_summary.json").read_text())
+    folds = json.loads((out / "flex" / "folds.json").read_text())["folds"]
+    y_all, pred_all, per_seed = [], [], {0: [], 1: []}
+    for fold in folds:
+        parts = [_probs(out / "flex" / "runs" / f"{fold['name']}_seed{s}" / "eval_cv_test" / "predictions.csv")
+                 for s in (0, 1)]
+        assert parts[0][0] == parts[1][0] == sorted(fold["test_ids"])
+        y_all += [LABELS.index(label) for label in parts[0][1]]
+        pred_all += list((np.log(parts[0][2]) + np.log(parts[1][2])).argmax(1))
+        for s in (0, 1):
+            per_seed[s] += list(parts[s][2].argmax(1))
+    by_hand = f1_score(y_all, pred_all, average="macro", labels=range(len(LABELS)), zero_division=0)
+    assert summary["seed_ensemble"]["pooled"]["macro_f1"] == pytest.approx(by_hand, abs=1e-9)
+    assert float(rows["flex"]["seed_ensemble_macro_f1"]) == pytest.approx(by_hand, abs=1e-4)
+    seed_f1 = [f1_score(y_all, per_seed[s], average="macro", labels=range(len(LABELS)), zero_division=0)
+               for s in (0, 1)]
+    assert per_seed[0] != per_seed[1]  # the two seeds are two different models
+    assert float(rows["flex"]["pooled_mean_over_seeds"]) == pytest.approx(sum(seed_f1) / 2, abs=1e-4)
+    pooled = json.loads((out / "flex" / "seed_ensemble_test" / "metrics_eval.json").read_text())
+    assert pooled["macro_f1"] == pytest.approx(by_hand, abs=1e-9) and pooled["n"] == len(y_all)
+    assert "seed ensemble (2 seeds" in (out / "flex" / "cv_summary.md").read_text()
+    # the flex row changed to one seed: its old two-seed folder is not reported when only plain is run, nor the
+    # ensemble made from it; rerun with one seed, flex is back, the ensemble (made with its two seeds) still is not
+    path.write_text(yaml.safe_dump({**matrix, "experiments": [{"name": "plain"},
+                                                               {"name": "flex", "base": "cfgs/flex.yaml"}]}))
+    for only, reported in (("plain", ["plain"]), ("flex", ["plain", "flex"])):
+        assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", only]) == 0
+        with (out / "matrix_summary.csv").open(newline="") as fh:
+            assert [r["experiment"] for r in csv.DictReader(fh)] == reported
+    capsys.readouterr()
+    for bad in ([], [0, 0], [0, "1"], 3):
+        path.write_text(yaml.safe_dump({**matrix, "ensembles": [], "experiments": [
+            {"name": "flex", "base": "cfgs/flex.yaml", "seeds": bad}]}))
+        assert run_cli(matrix_cli.main, [str(path), "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert "experiment 1 (flex): 'seeds' must be a non-empty list of distinct integers" in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists()

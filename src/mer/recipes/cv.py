@@ -7,6 +7,8 @@ matrix, and a fold ensemble on extra held-out views.
     <out>/runs/<fold>_seed<S>/           an ordinary run directory (Contract 2), trained by the config's recipe
     <out>/pooled_test/                   metrics_eval.json, confusion matrix, predictions of all test folds
     <out>/ensemble_<view>/               the mean of the fold models' log-probabilities on an extra view
+    <out>/seed_ensemble_test/            with several seeds: each test row's seeds combined (the mean of their
+                                         log-probabilities, equal weights, uncalibrated), evaluated like a run
     <out>/cv_summary.json, cv_summary.md per-fold table, pooled, mean ± std, 95 % CI, protocol
 
 Validation comes from the training speakers of each fold (`val`: a speaker count, a fraction, "next" = the next
@@ -37,6 +39,7 @@ from mer.features.joined import open_stores
 from mer.io import atomic_write_text
 from mer.recipes import recipe_for, track_of
 from mer.recipes.common import protocol_record
+from mer.recipes.ensemble import combine
 from mer.schema import ExperimentConfig
 
 FOLDS_JSON = "folds.json"
@@ -174,11 +177,13 @@ def summarize(plan: CVPlan, labels: list[str], n_boot: int = 1000) -> dict:
     """Pooled / per-fold / mean ± std / CI over the test folds (all seeds), pooled confusion matrix, ensembles."""
     test = VIEW_NAMES["test"]
     per_seed, all_ids, all_y, all_p, table = {}, [], [], [], []
+    by_fold: dict[str, list[tuple[list[str], np.ndarray, np.ndarray]]] = {f.name: [] for f in plan.folds}
     for seed in plan.seeds:
         pairs = []
         for fold in plan.folds:
             run_dir = plan.out / "runs" / plan.run_name(fold, seed)
             ids, y, probs = _predictions(run_dir, test, labels)
+            by_fold[fold.name].append((ids, y, probs))
             pairs.append((y, probs.argmax(1)))
             all_ids += [f"{i}" if len(plan.seeds) == 1 else f"{i}#seed{seed}" for i in ids]
             all_y.append(y)
@@ -205,9 +210,39 @@ def summarize(plan: CVPlan, labels: list[str], n_boot: int = 1000) -> dict:
         "pooled_dir": str(pooled_dir),
         "ensembles": {},
     }
+    if len(plan.seeds) > 1:
+        summary["seed_ensemble"] = seed_ensemble(plan, by_fold, labels, n_boot)
     for view in plan.ensemble_views:
         summary["ensembles"][view] = fold_ensemble(plan, view, labels)
     return summary
+
+
+def seed_ensemble(plan: CVPlan, by_fold: dict[str, list[tuple]], labels: list[str], n_boot: int) -> dict:
+    """Each fold's seed runs combined per test row (`combine`: the mean of their log-probabilities, equal weights,
+    raw probabilities), scored like one run per fold: pooled metrics, mean ± std over folds, bootstrap CI; the
+    pooled predictions written to `<out>/seed_ensemble_test/`."""
+    pairs, ids_all, y_all, p_all = [], [], [], []
+    for fold in plan.folds:
+        runs = by_fold[fold.name]
+        order = [np.argsort(ids) for ids, _, _ in runs]
+        ids = [runs[0][0][i] for i in order[0]]
+        if any([r[0][i] for i in o] != ids for r, o in zip(runs, order, strict=True)):
+            raise UserError(f"{plan.out}: the seed runs of {fold.name} evaluated different test rows")
+        y = runs[0][1][order[0]]
+        probs = combine(np.stack([r[2][o] for r, o in zip(runs, order, strict=True)]), np.ones(len(runs)))
+        pairs.append((y, probs.argmax(1)))
+        ids_all += ids
+        y_all.append(y)
+        p_all.append(probs)
+    s = cv_summary(pairs, labels, n_boot=n_boot, seed=plan.seeds[0])
+    write_eval_outputs(plan.out / "seed_ensemble_test", ids=ids_all, y_true=np.concatenate(y_all),
+                       probs=np.concatenate(p_all), labels=labels, run_name=f"{plan.out.name} seed ensemble",
+                       view_name="pooled test folds", checkpoint="best",
+                       extra={"seeds": plan.seeds, "rule": "mean of the seeds' log-probabilities, uncalibrated",
+                              "protocol": protocol_record(plan.cfg)})
+    return {"seeds": plan.seeds, "pooled": {k: s["pooled"][k] for k in ("acc", "macro_f1", "weighted_f1", "uar", "n")},
+            "mean": s["mean"], "std": s["std"], "ci": s["ci"],
+            "per_fold_macro_f1": [m["macro_f1"] for m in s["per_fold"]]}
 
 
 def fold_ensemble(plan: CVPlan, view: str, labels: list[str]) -> dict:
@@ -252,6 +287,15 @@ def summary_markdown(s: dict) -> str:
                   f"UAR {p['uar']:.3f}{ci('uar')}  ({s['ci_level']:.0%} bootstrap CI)",
               f"mean ± std over folds: macro-F1 {m['macro_f1']:.3f} ± {sd['macro_f1']:.3f}, "
               f"UAR {m['uar']:.3f} ± {sd['uar']:.3f}"]
+    e = s.get("seed_ensemble")
+    if e:
+        c = e["ci"]["macro_f1"] if e.get("ci") else None
+        lines.append(f"seed ensemble ({len(e['seeds'])} seeds: each test row's seeds' log-probabilities averaged): "
+                     f"macro-F1 {e['pooled']['macro_f1']:.3f}{f' [{c[0]:.3f}, {c[1]:.3f}]' if c else ''}, UAR "
+                     f"{e['pooled']['uar']:.3f}; mean ± std over folds: macro-F1 {e['mean']['macro_f1']:.3f} ± "
+                     f"{e['std']['macro_f1']:.3f}")
+        per = ", ".join(f"{v['pooled_macro_f1']:.3f}" for v in s["per_seed"].values())
+        lines.append(f"pooled macro-F1 per seed: {per}")
     for view, e in s["ensembles"].items():
         lines.append(f"fold ensemble on {view} ({e['members']} models, n {e['n']}): acc {e['acc']:.3f}, "
                      f"macro-F1 {e['macro_f1']:.3f}, UAR {e['uar']:.3f}")

@@ -12,6 +12,7 @@
         set: {train.loss.name: balanced_softmax}
       - name: cnn                                  # an experiment may name its own base config (another track)
         base: ../configs/emodb_frame_cnn.yaml
+        seeds: [0, 1, 2, 3, 4]                     # and its own seeds (default: the matrix's)
     ensembles:                                     # optional, cross-validated matrices only
       - name: ce+cnn
         members: [ce, cnn]                         # experiments of this matrix (each: its seeds combined)
@@ -21,8 +22,9 @@
 Without `cv`, each experiment x seed is one run `<out>/<name>_seed<S>/` and the collected comparison table
 (summary.csv, comparison_report.md; mean ± std over seeds) is written to `<out>`. With `cv`, each experiment is a
 cross-validation `<out>/<name>/` (all seeds) and `matrix_summary.md/.csv` tabulates pooled macro-F1 with its CI and
-the mean ± std over folds, each row with its protocol (per utterance or speaker-normalized), then one row per
-ensemble (`mer.recipes.ensemble` over the members' CV folders, written to `<out>/<ensemble name>/`). `base` is
+the mean ± std over folds (of the first seed), the pooled macro-F1 averaged over the seeds and that of their seed
+ensemble (`mer.recipes.cv.seed_ensemble`), each row with its protocol (per utterance or speaker-normalized), then one
+row per ensemble (`mer.recipes.ensemble` over the members' CV folders, written to `<out>/<ensemble name>/`). `base` is
 needed at the top unless every experiment names its own. A finished run (or fold) is skipped, a cut-short one
 resumed (a run folder is judged as a suite judges it, `mer.suites.plan.folder_state`: a start that died before its
 first checkpoint is redone in place, a folder that is neither finished nor resumable stops the matrix).
@@ -50,7 +52,7 @@ from mer.reporting.collect import collect_and_report
 from mer.suites.plan import BLOCKED, DONE, EVALUATE, RESTART, RESUME, folder_state, name_filter
 
 MATRIX_KEYS = {"base", "set", "seeds", "cv", "experiments", "ensembles"}
-EXPERIMENT_KEYS = {"name", "base", "set"}
+EXPERIMENT_KEYS = {"name", "base", "set", "seeds"}
 ENSEMBLE_KEYS = {"name", "members", "weights", "calibrated", "rule"}
 CV_KEYS = {"folds", "val", "fold_seed", "pool_view", "ensemble_views", "bootstrap"}
 
@@ -60,6 +62,7 @@ class Experiment:
     name: str
     overrides: list[str]
     base: Path
+    seeds: list[int]
 
 
 @dataclass
@@ -111,9 +114,7 @@ def load_matrix(path: str | Path) -> Matrix:
     if "experiments" not in raw:
         raise UserError(f"{path}: needs 'experiments' (a list) and a 'base' config (here or in every experiment)")
     base = _base_file(path, raw["base"], str(path)) if "base" in raw else None
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise UserError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    seeds = _seeds(raw.get("seeds", [0]), str(path))
     cv = raw.get("cv")
     if cv is not None:
         if not isinstance(cv, dict) or "folds" not in cv:
@@ -132,7 +133,8 @@ def load_matrix(path: str | Path) -> Matrix:
         exp_base = _base_file(path, entry["base"], where) if "base" in entry else base
         if exp_base is None:
             raise UserError(f"{where} ({entry['name']}): no 'base' config (give one here or at the top)")
-        exp = Experiment(entry["name"], _overrides(entry.get("set"), where), exp_base)
+        exp_seeds = _seeds(entry["seeds"], f"{where} ({entry['name']})") if "seeds" in entry else seeds
+        exp = Experiment(entry["name"], _overrides(entry.get("set"), where), exp_base, exp_seeds)
         try:
             load_config(exp.base, [*common, *exp.overrides])
         except UserError as exc:
@@ -140,6 +142,13 @@ def load_matrix(path: str | Path) -> Matrix:
         experiments.append(exp)
     ensembles = _ensembles(raw.get("ensembles"), path, seen, cv is not None)
     return Matrix(path, base, seeds, experiments, cv, common, ensembles)
+
+
+def _seeds(value, where: str) -> list[int]:
+    if (not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in value) or len(set(value)) != len(value)):
+        raise UserError(f"{where}: 'seeds' must be a non-empty list of distinct integers, got {value!r}")
+    return value
 
 
 def _named_entry(entry, allowed: set[str], where: str, names: set[str]) -> None:
@@ -217,7 +226,8 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
     ensembles = [e for e in m.ensembles if selected(e.name)]
     if dry_run:
         lines = [f"matrix {m.path} (seeds {m.seeds}{'; cross-validated' if m.cv else ''})"]
-        lines += [f"  {e.name}: {e.base.name} --set {' '.join([*m.common, *e.overrides])}" for e in todo]
+        lines += [f"  {e.name}: {e.base.name} --set {' '.join([*m.common, *e.overrides])}"
+                  f"{f' (seeds {e.seeds})' if e.seeds != m.seeds else ''}" for e in todo]
         lines += [f"  {e.name}: ensemble of {', '.join(e.members)} ({e.weights} weights, "
                   f"{'calibrated' if e.calibrated else 'uncalibrated'})" for e in ensembles]
         return "\n".join(lines)
@@ -228,7 +238,7 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
             raise UserError(f"ensemble {ens.name}: member {missing[0]} has no finished cross-validation in {out} "
                             "(run it too: widen --only)")
     if m.cv is None:
-        runs = [_plan_run(m, exp, seed, out) for exp in todo for seed in m.seeds]
+        runs = [_plan_run(m, exp, seed, out) for exp in todo for seed in exp.seeds]
         blocked = next((r for r in runs if r[2] == BLOCKED), None)
         if blocked:  # before anything trains
             raise UserError(f"run {blocked[0]}: {blocked[3]}")
@@ -240,43 +250,46 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
     n_boot = int(cv.get("bootstrap", 1000))
     for exp in m.experiments:  # the table holds every finished row, the ones --only left out as they stand
         if exp in todo:
-            plan = plan_cv(exp.base, [*m.common, *exp.overrides], str(cv["folds"]), out / exp.name, m.seeds,
+            plan = plan_cv(exp.base, [*m.common, *exp.overrides], str(cv["folds"]), out / exp.name, exp.seeds,
                            val=cv.get("val", "next"), fold_seed=int(cv.get("fold_seed", 0)),
                            pool_view=cv.get("pool_view"), ensemble_views=cv.get("ensemble_views"))
             s = run_cv(plan, n_boot=n_boot, quiet=True)
         else:
             s = _finished(out / exp.name, lambda s, e=exp: _same_path(s.get("config"), e.base)
-                          and s.get("overrides") == [*m.common, *e.overrides])
+                          and s.get("overrides") == [*m.common, *e.overrides] and s.get("seeds") == e.seeds)
             if s is None:
                 continue
         seeds = s["per_seed"]
         pooled = [v["pooled_macro_f1"] for v in seeds.values()]
+        by_seeds = s["seed_ensemble"]["pooled"]["macro_f1"] if "seed_ensemble" in s else None
         rows.append((exp.name, _protocol_name(s), s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"],
-                     s["std"]["macro_f1"], sum(pooled) / len(pooled), str(len(seeds))))
+                     s["std"]["macro_f1"], sum(pooled) / len(pooled), by_seeds, str(len(seeds))))
     for ens in m.ensembles:
         sources = [out / n for n in ens.members]
+        seeds = [next(e.seeds for e in m.experiments if e.name == n) for n in ens.members]
         if ens in ensembles:
             s = run_ensemble(plan_ensemble(sources, out / ens.name, rule=ens.rule, weights=ens.weights,
                                            calibrated=ens.calibrated), n_boot=n_boot)
         else:  # reported only as made from members reported here
-            s = (_finished(out / ens.name, lambda s, srcs=sources: _same_members(s, srcs))
+            s = (_finished(out / ens.name, lambda s, srcs=sources, sds=seeds: _same_members(s, srcs, sds))
                  if set(ens.members) <= {r[0] for r in rows} else None)
             if s is None:
                 continue
         how = f"{ens.weights} weights, {'calibrated' if ens.calibrated else 'uncalibrated'}"
         rows.append((f"{ens.name} (ensemble of {' + '.join(ens.members)}; {how})", _protocol_name(s),
                      s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"], s["std"]["macro_f1"],
-                     s["pooled"]["macro_f1"], "first"))
+                     s["pooled"]["macro_f1"], None, "all"))
     md = ["| experiment | protocol | pooled macro-F1 (first seed) [95 % CI] | mean ± std over folds | pooled, mean "
-          "over seeds | seeds |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+          "over seeds | seed ensemble | seeds |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["experiment", "protocol", "pooled_macro_f1", "ci_lo", "ci_hi", "fold_mean", "fold_std",
-                     "pooled_mean_over_seeds", "seeds"])
-    for name, proto, p, ci, mean, std, over, n in rows:
+                     "pooled_mean_over_seeds", "seed_ensemble_macro_f1", "seeds"])
+    for name, proto, p, ci, mean, std, over, by_seeds, n in rows:
         md.append(f"| {name} | {proto} | {p:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {mean:.3f} ± {std:.3f} | {over:.3f} "
-                  f"| {n} |")
-        writer.writerow([name, proto, *(f"{v:.4f}" for v in (p, ci[0], ci[1], mean, std, over)), n])
+                  f"| {'—' if by_seeds is None else f'{by_seeds:.3f}'} | {n} |")
+        writer.writerow([name, proto, *(f"{v:.4f}" for v in (p, ci[0], ci[1], mean, std, over)),
+                         "" if by_seeds is None else f"{by_seeds:.4f}", n])
     atomic_write_text(out / "matrix_summary.md", "\n".join(md) + "\n")
     atomic_write_text(out / "matrix_summary.csv", table.getvalue())
     return "\n".join(md)
@@ -296,10 +309,11 @@ def _same_path(recorded, path: Path) -> bool:
     return recorded is not None and Path(recorded).resolve() == Path(path).resolve()
 
 
-def _same_members(summary: dict, sources: list[Path]) -> bool:
+def _same_members(summary: dict, sources: list[Path], seeds: list[list[int]]) -> bool:
+    """An ensemble folder made from these member folders, each with the seeds its experiment now has."""
     members = summary.get("ensemble", {}).get("members", [])
-    return len(members) == len(sources) and all(_same_path(m.get("source"), p) for m, p in zip(members, sources,
-                                                                                                strict=True))
+    return len(members) == len(sources) and all(
+        _same_path(m.get("source"), p) and m.get("seeds") == s for m, p, s in zip(members, sources, seeds, strict=True))
 
 
 def _protocol_name(summary: dict) -> str:
