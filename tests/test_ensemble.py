@@ -246,6 +246,7 @@ def test_a_matrix_experiment_with_its_own_seeds_reports_their_mean_and_seed_ense
         assert run_cli(matrix_cli.main, [str(path), "--out", str(out), "--only", only]) == 0
         with (out / "matrix_summary.csv").open(newline="") as fh:
             assert [r["experiment"] for r in csv.DictReader(fh)] == reported
+    assert not (out / "flex" / "seed_ensemble_test").exists()  # flex is now a one-seed CV
     capsys.readouterr()
     for bad in ([], [0, 0], [0, "1"], 3):
         path.write_text(yaml.safe_dump({**matrix, "ensembles": [], "experiments": [

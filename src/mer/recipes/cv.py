@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from mer.recipes.ensemble import combine
 from mer.schema import ExperimentConfig
 
 FOLDS_JSON = "folds.json"
+SEED_ENSEMBLE_DIR = "seed_ensemble_test"
 SUMMARY_JSON, SUMMARY_MD = "cv_summary.json", "cv_summary.md"
 VIEW_NAMES = {"train": "cv_train", "val": "cv_val", "test": "cv_test"}
 
@@ -212,6 +214,8 @@ def summarize(plan: CVPlan, labels: list[str], n_boot: int = 1000) -> dict:
     }
     if len(plan.seeds) > 1:
         summary["seed_ensemble"] = seed_ensemble(plan, by_fold, labels, n_boot)
+    elif (plan.out / SEED_ENSEMBLE_DIR).is_dir():  # left by an earlier summary with more seeds: no longer this CV's
+        shutil.rmtree(plan.out / SEED_ENSEMBLE_DIR)
     for view in plan.ensemble_views:
         summary["ensembles"][view] = fold_ensemble(plan, view, labels)
     return summary
@@ -235,7 +239,7 @@ def seed_ensemble(plan: CVPlan, by_fold: dict[str, list[tuple]], labels: list[st
         y_all.append(y)
         p_all.append(probs)
     s = cv_summary(pairs, labels, n_boot=n_boot, seed=plan.seeds[0])
-    write_eval_outputs(plan.out / "seed_ensemble_test", ids=ids_all, y_true=np.concatenate(y_all),
+    write_eval_outputs(plan.out / SEED_ENSEMBLE_DIR, ids=ids_all, y_true=np.concatenate(y_all),
                        probs=np.concatenate(p_all), labels=labels, run_name=f"{plan.out.name} seed ensemble",
                        view_name="pooled test folds", checkpoint="best",
                        extra={"seeds": plan.seeds, "rule": "mean of the seeds' log-probabilities, uncalibrated",
