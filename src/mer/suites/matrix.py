@@ -264,14 +264,15 @@ def run_matrix(m: Matrix, out: str | Path, only: list[str] | None = None, dry_ru
         by_seeds = s["seed_ensemble"]["pooled"]["macro_f1"] if "seed_ensemble" in s else None
         rows.append((exp.name, _protocol_name(s), s["pooled"]["macro_f1"], s["ci"]["macro_f1"], s["mean"]["macro_f1"],
                      s["std"]["macro_f1"], sum(pooled) / len(pooled), by_seeds, str(len(seeds))))
+    seeds_of = {e.name: e.seeds for e in m.experiments}
     for ens in m.ensembles:
         sources = [out / n for n in ens.members]
-        seeds = [next(e.seeds for e in m.experiments if e.name == n) for n in ens.members]
+        member_seeds = [seeds_of[n] for n in ens.members]
         if ens in ensembles:
             s = run_ensemble(plan_ensemble(sources, out / ens.name, rule=ens.rule, weights=ens.weights,
                                            calibrated=ens.calibrated), n_boot=n_boot)
         else:  # reported only as made from members reported here
-            s = (_finished(out / ens.name, lambda s, srcs=sources, sds=seeds: _same_members(s, srcs, sds))
+            s = (_finished(out / ens.name, lambda s, srcs=sources, sds=member_seeds: _same_members(s, srcs, sds))
                  if set(ens.members) <= {r[0] for r in rows} else None)
             if s is None:
                 continue
